@@ -1,0 +1,44 @@
+# eeasr — the commands people run. `make help` lists them.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CACHE ?= $(HOME)/.cache/eeasr
+CORPUS ?= $(CACHE)/corpus
+HOURS ?= 21
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+# Debian packages: TTS engines and voices, text sources, audio tools.
+APT_PACKAGES := espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts \
+	fortunes fortune-mod wordnet-base diatheke sword-text-web jargon-text flac pocketsphinx-testdata
+
+.PHONY: help setup apt-deps data features test clean-venv
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
+
+setup: $(VENV)/.installed  ## create .venv with the CPU build of torch and eeasr installed editable
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	@# torch first, from the local CPU wheel: otherwise pip resolves a CUDA build of several GB.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[train,host,dev]"
+	touch $@
+
+apt-deps:  ## install the Debian packages the corpus and tests need (only the missing ones)
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:" $$missing; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+data: setup apt-deps  ## synthesize the default corpus (HOURS=21 of training speech) and cache its features
+	$(VENV)/bin/eeasr-data synth --hours $(HOURS) --out $(CORPUS)
+	$(VENV)/bin/eeasr-data features --corpus $(CORPUS)
+
+test: setup apt-deps  ## run the test suite
+	$(PY) -m pytest -q
+
+clean-venv:  ## remove .venv
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""eeasr.train"""
