@@ -18,6 +18,7 @@ from scipy import signal
 
 SAMPLE_RATE = 16000
 _INT16_MAX = 32767
+_NOISE_LOW_HZ = 20.0  # coloured noise starts here: the lower edge of hearing, microphones and the mel filterbank
 
 
 @dataclass(frozen=True)
@@ -66,12 +67,15 @@ def _colored_noise(n: int, kind: str, rng: np.random.Generator) -> np.ndarray:
         f0 = rng.choice([50.0, 60.0])
         hum = sum(np.sin(2 * np.pi * f0 * k * t + rng.uniform(0, 6.3)) / k for k in range(1, 8))
         return hum + 0.05 * white
-    # Pink (1/f) and brown (1/f^2) noise by shaping the spectrum of white noise.
+    # Pink (1/f) and brown (1/f^2) power spectra by shaping white noise, from _NOISE_LOW_HZ up. Below it (DC and
+    # sub-audio drift) they would hold most of their power (brown: ~99%) where no microphone passes it and no
+    # feature sees it, so the SNR would be met by noise that masks nothing.
     spec = np.fft.rfft(white)
-    f = np.arange(len(spec), dtype=np.float64)
-    f[0] = 1.0
-    spec /= np.sqrt(f) if kind == "pink" else f
-    return np.fft.irfft(spec, n)
+    f = np.fft.rfftfreq(n, 1.0 / SAMPLE_RATE)
+    shape = np.zeros_like(f)
+    audible = f >= _NOISE_LOW_HZ
+    shape[audible] = f[audible] ** (-0.5 if kind == "pink" else -1.0)
+    return np.fft.irfft(spec * shape, n)
 
 
 def _babble(n: int, pool: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:

@@ -3,7 +3,8 @@
 Layout of a cache directory (its name is a hash of the manifest, feature config and cache config):
   index.json            version, configs, manifest hash, shards per split, skipped files
   norm.json             global mean/std over the training features (eeasr.features.NormStats)
-  <split>/shard-NNNNN.npz   feats float16 [sum T, 80], lengths, ids, texts, copy index
+  <split>/shard-NNNNN.npz   feats float16 [sum T, 80], lengths, ids, texts, copy index, norm accumulator
+                            state, the files it skipped
 Train utterances get `copies` versions: copy 0 is the corpus audio as it is, the others are augmented. Shards
 are written atomically and skipped when present, so an interrupted build resumes.
 """
@@ -27,7 +28,8 @@ from eeasr.features import FeatureConfig, NormAccumulator, NormStats, log_mel
 from eeasr.manifest import Utterance, read_manifest
 from eeasr.train.data.augment import AugmentConfig, augment, utterance_rng
 
-CACHE_VERSION = 1
+# Part of every cache key. 2: shards store their skipped files; pink/brown augmentation noise has no sub-20 Hz power.
+CACHE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -80,12 +82,20 @@ def _build_shard(out: str, split: str, utts: list[Utterance], copies: int, featu
             skipped.append(str(e))
             continue
         audio = pcm.astype(np.float32) / 32768.0
+        # All copies or none: a copy that speed perturbation made too short skips the whole utterance, so that
+        # every cached utterance has `copies` versions and a skipped one adds nothing to the norm stats.
+        versions: list[np.ndarray] = []
         for c in range(copies):
             wav = pcm if c == 0 else augment(audio, utterance_rng(u.id, c), cfg.augment, _BABBLE)[0]
             f = log_mel(wav, feature_cfg)
             if len(f) == 0:
-                skipped.append(f"{u.path}: shorter than one feature frame")
+                what = "the audio" if c == 0 else f"augmented copy {c}"
+                skipped.append(f"{u.path}: {what} is shorter than one feature frame (drop or lengthen it)")
                 break
+            versions.append(f)
+        if len(versions) < copies:
+            continue
+        for c, f in enumerate(versions):
             if split == "train":
                 acc.update(f)
             feats.append(f.astype(np.float16))
@@ -97,7 +107,7 @@ def _build_shard(out: str, split: str, utts: list[Utterance], copies: int, featu
     tmp = path.with_suffix(".tmp.npz")
     np.savez(tmp, feats=np.concatenate(feats) if feats else np.zeros((0, feature_cfg.n_mels), np.float16),
              lengths=np.array(lengths, np.int32), ids=np.array(ids), texts=np.array(texts),
-             copies=np.array(copy_idx, np.int8), acc=acc.state())
+             copies=np.array(copy_idx, np.int8), acc=acc.state(), skipped=np.array(skipped, dtype=str))
     tmp.replace(path)
     return {"skipped": skipped}
 
@@ -119,7 +129,6 @@ def build_cache(manifest: Path, root: Path, feature_cfg: FeatureConfig = Feature
     train = [u.path for u in utts if u.split == "train"]
     babble = random.Random(0).sample(train, min(cfg.babble_pool, len(train)))
     shards = list(_shards(utts, cfg.shard_size))
-    skipped: list[str] = []
     todo = [(s, i, su) for s, i, su in shards if not (out / s / f"shard-{i:05d}.npz").exists()]
     for split in ("train", "dev", "test"):
         (out / split).mkdir(parents=True, exist_ok=True)
@@ -128,9 +137,12 @@ def build_cache(manifest: Path, root: Path, feature_cfg: FeatureConfig = Feature
         futs = {pool.submit(_build_shard, str(out / s / f"shard-{i:05d}.npz"), s, su,
                             cfg.copies if s == "train" else 1, feature_cfg, cfg): len(su) for s, i, su in todo}
         for fut in as_completed(futs):
-            skipped += fut.result()["skipped"]
+            fut.result()  # raises what a worker raised
             bar.update(futs[fut])
     acc = NormAccumulator(feature_cfg.n_mels)
+    # Skipped files are read back from every shard, not only those built by this run: a resumed build reports
+    # the same files as an uninterrupted one (in shard order, so the list is reproducible).
+    skipped: list[str] = []
     index: dict = {"version": CACHE_VERSION, "manifest": str(manifest), "manifest_sha": _file_hash(manifest),
                    "features": feature_cfg.to_dict(), "cache": asdict(cfg), "splits": {}}
     for split in ("train", "dev", "test"):
@@ -142,6 +154,7 @@ def build_cache(manifest: Path, root: Path, feature_cfg: FeatureConfig = Feature
                 frames += int(z["lengths"].sum())
                 if split == "train":
                     acc.merge_state(z["acc"])
+                skipped += z["skipped"].tolist()
         index["splits"][split] = {"shards": [f.name for f in files], "items": n_utt, "frames": frames}
     if index["splits"]["train"]["items"]:
         acc.result().save(out / "norm.json")

@@ -1,0 +1,200 @@
+"""Early-exit Conformer-CTC, built only from operations the ESP32-S3 runs well under TFLM.
+
+Device-contract choices (DESIGN.md): Conv1d subsampling (two stride-2 convolutions, 4x), absolute sinusoidal
+positions, SiLU/ReLU (no GELU), BatchNorm in the convolution module (folds into the depthwise convolution),
+padded attention keys biased by a bounded -30 (never -1e9), padded frames zeroed before the depthwise
+convolution. A window padded to W or to the batch's longest item gives the same valid outputs (up to
+exp(-30) in attention), so training pads per batch and the device pads to W.
+
+The encoder is a list of blocks; `exits[j]` reads the output of block `exit_layers[j] - 1`. Segment k of the
+device program is the blocks between exit k-1 and exit k plus exit k's head (segment 1 also holds the front).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from eeasr.train.config import ModelConfig
+
+
+def subsampled_lengths(n_frames: Tensor, factor: int = 4) -> Tensor:
+    """Valid encoder frames for n valid feature frames: each stride-2 conv (k=3, padding 1) gives ceil(n/2)."""
+    n = n_frames
+    for _ in range(int(math.log2(factor))):
+        n = torch.div(n + 1, 2, rounding_mode="floor")
+    return n
+
+
+def valid_mask(lengths: Tensor, t: int) -> Tensor:
+    """[B, T] bool, True on valid frames."""
+    return torch.arange(t, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def sinusoid_positions(t: int, d: int) -> Tensor:
+    pos = torch.arange(t, dtype=torch.float32)[:, None]
+    div = torch.exp(torch.arange(0, d, 2, dtype=torch.float32) * (-math.log(10000.0) / d))
+    pe = torch.zeros(t, d)
+    pe[:, 0::2] = torch.sin(pos * div)
+    pe[:, 1::2] = torch.cos(pos * div)
+    return pe
+
+
+class Front(nn.Module):
+    """Conv1d subsampling 4x (ReLU) and absolute positions: features [B, T, 80] -> [B, T/4, d]."""
+
+    def __init__(self, n_mels: int, d: int, factor: int = 4) -> None:
+        super().__init__()
+        if factor != 4:
+            raise ValueError("the device contract fixes Conv1d subsampling at 4x (two stride-2 layers)")
+        self.conv1 = nn.Conv1d(n_mels, d, 3, stride=2, padding=1)
+        self.conv2 = nn.Conv1d(d, d, 3, stride=2, padding=1)
+        self.d = d
+
+    def forward(self, feats: Tensor, n_frames: Tensor) -> tuple[Tensor, Tensor]:
+        x = feats.transpose(1, 2)
+        x = x * valid_mask(n_frames, x.shape[-1])[:, None, :]
+        x = F.relu(self.conv1(x))
+        # Frames past the valid count are zeroed between layers, as the device does with its fixed window.
+        x = x * valid_mask(subsampled_lengths(n_frames, 2), x.shape[-1])[:, None, :]
+        x = F.relu(self.conv2(x)).transpose(1, 2)
+        lengths = subsampled_lengths(n_frames, 4)
+        x = x + sinusoid_positions(x.shape[1], self.d).to(x)
+        return x, lengths
+
+
+class FeedForward(nn.Module):
+    def __init__(self, d: int, ff: int, dropout: float) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(d)
+        self.up = nn.Linear(d, ff)
+        self.down = nn.Linear(ff, d)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.down(self.drop(F.silu(self.up(self.norm(x))))))
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, d: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(d)
+        self.q = nn.Linear(d, d)
+        self.k = nn.Linear(d, d)
+        self.v = nn.Linear(d, d)
+        self.out = nn.Linear(d, d)
+        self.heads = heads
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, key_bias: Tensor) -> Tensor:
+        b, t, d = x.shape
+        h = self.norm(x)
+        q, k, v = (proj(h).view(b, t, self.heads, d // self.heads).transpose(1, 2)
+                   for proj in (self.q, self.k, self.v))
+        # key_bias [B, 1, 1, T]: 0 on valid keys, mask_bias on padded ones.
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_bias,
+                                           dropout_p=self.drop.p if self.training else 0.0)
+        return self.drop(self.out(y.transpose(1, 2).reshape(b, t, d)))
+
+
+class MaskedBatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm whose training statistics come from valid frames only (padding would bias them)."""
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:  # x [B, C, T], mask [B, T]
+        if not self.training:
+            return super().forward(x)
+        m = mask[:, None, :].to(x)
+        n = m.sum().clamp(min=1.0)
+        mean = (x * m).sum(dim=(0, 2)) / n
+        var = (((x - mean[None, :, None]) * m) ** 2).sum(dim=(0, 2)) / n
+        with torch.no_grad():
+            self.num_batches_tracked += 1
+            self.running_mean.lerp_(mean.to(self.running_mean), self.momentum)
+            self.running_var.lerp_((var * n / (n - 1).clamp(min=1.0)).to(self.running_var), self.momentum)
+        y = (x - mean[None, :, None]) / torch.sqrt(var[None, :, None] + self.eps)
+        return y * self.weight[None, :, None] + self.bias[None, :, None]
+
+
+class ConvModule(nn.Module):
+    def __init__(self, d: int, kernel: int, dropout: float) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(d)
+        self.pw1 = nn.Conv1d(d, 2 * d, 1)
+        self.dw = nn.Conv1d(d, d, kernel, padding=kernel // 2, groups=d)
+        self.bn = MaskedBatchNorm1d(d)
+        self.pw2 = nn.Conv1d(d, d, 1)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        y = F.glu(self.pw1(self.norm(x).transpose(1, 2)), dim=1)
+        y = y * mask[:, None, :].to(y)  # padded frames must not leak into valid ones through the kernel
+        y = F.silu(self.bn(self.dw(y), mask))
+        return self.drop(self.pw2(y).transpose(1, 2))
+
+
+class ConformerBlock(nn.Module):
+    """Macaron FF/2 -> MHSA -> conv -> FF/2 -> LayerNorm."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.ff1 = FeedForward(cfg.d_model, cfg.ff_dim, cfg.dropout)
+        self.attn = SelfAttention(cfg.d_model, cfg.n_heads, cfg.dropout)
+        self.conv = ConvModule(cfg.d_model, cfg.conv_kernel, cfg.dropout)
+        self.ff2 = FeedForward(cfg.d_model, cfg.ff_dim, cfg.dropout)
+        self.norm = nn.LayerNorm(cfg.d_model)
+
+    def forward(self, x: Tensor, mask: Tensor, key_bias: Tensor) -> Tensor:
+        x = x + 0.5 * self.ff1(x)
+        x = x + self.attn(x, key_bias)
+        x = x + self.conv(x, mask)
+        x = x + 0.5 * self.ff2(x)
+        return self.norm(x)
+
+
+class EarlyExitConformer(nn.Module):
+    """Conformer-CTC with a linear CTC head after each layer in `cfg.exits` (a single exit = no-EE baseline)."""
+
+    def __init__(self, cfg: ModelConfig, n_mels: int = 80) -> None:
+        super().__init__()
+        if cfg.vocab_size <= 0:
+            raise ValueError("ModelConfig.vocab_size must be set from the tokenizer")
+        if not cfg.exits or sorted(cfg.exits) != cfg.exits or cfg.exits[-1] > cfg.n_layers or cfg.exits[0] < 1:
+            raise ValueError(f"exits {cfg.exits} must be increasing layer numbers in 1..{cfg.n_layers}")
+        self.cfg = cfg
+        self.front = Front(n_mels, cfg.d_model, cfg.subsampling)
+        # Layers past the last exit would never be used, so the encoder stops there.
+        self.blocks = nn.ModuleList(ConformerBlock(cfg) for _ in range(cfg.exits[-1]))
+        self.exits = nn.ModuleList(nn.Linear(cfg.d_model, cfg.vocab_size) for _ in cfg.exits)
+
+    def key_bias(self, lengths: Tensor, t: int) -> Tensor:
+        bias = (~valid_mask(lengths, t)).to(torch.float32) * self.cfg.mask_bias
+        return bias[:, None, None, :]
+
+    def forward(self, feats: Tensor, n_frames: Tensor, upto: int | None = None) -> tuple[list[Tensor], Tensor]:
+        """Log-probabilities [B, T', V] at each exit (the first `upto` exits only, if given) and valid T'."""
+        x, lengths = self.front(feats, n_frames)
+        mask = valid_mask(lengths, x.shape[1])
+        bias = self.key_bias(lengths, x.shape[1]).to(x)
+        outs = []
+        n_exits = len(self.exits) if upto is None else upto
+        exit_after = {layer - 1: j for j, layer in enumerate(self.cfg.exits[:n_exits])}
+        for i, block in enumerate(self.blocks[: self.cfg.exits[n_exits - 1]]):
+            x = block(x, mask, bias)
+            if i in exit_after:
+                outs.append(F.log_softmax(self.exits[exit_after[i]](x), dim=-1))
+        return outs, lengths
+
+
+def build_model(cfg: ModelConfig, n_mels: int = 80) -> nn.Module:
+    """The encoder named by `cfg.encoder` (one registry, so recipes choose by a config key)."""
+    encoders = {"conformer": EarlyExitConformer}
+    if cfg.encoder not in encoders:
+        raise ValueError(f"unknown encoder {cfg.encoder!r}; known: {', '.join(encoders)}")
+    return encoders[cfg.encoder](cfg, n_mels)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

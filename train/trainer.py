@@ -1,0 +1,228 @@
+"""Early-exit CTC training: joint loss over exits (paper 1, Eq. 2), resumable, logged, averaged at the end.
+
+Determinism: batch order depends on (seed, epoch); each step reseeds torch from (seed, step), so dropout and
+SpecAugment draws are fixed by the step number. A run resumed from a checkpoint therefore reaches exactly the
+state of a run that never stopped (tests/test_trainer.py).
+
+Speed on CPU: the model is compiled once per padded length bucket (multiples of `BUCKET` frames, at most the
+device window), with the batch dimension dynamic, which runs ~2.7x faster than eager on this machine.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from eeasr.exits import greedy_ctc
+from eeasr.features import FeatureConfig
+from eeasr.metrics import wer
+from eeasr.tokenizer import Tokenizer
+from eeasr.train.checkpoint import save_model
+from eeasr.train.config import TrainConfig, save_config
+from eeasr.train.data.cache import build_cache, load_norm, load_split
+from eeasr.train.dataset import Batch, Utterances, bucket_batches, spec_augment
+from eeasr.train.model import build_model, count_parameters
+
+BUCKET = 100  # padded lengths are rounded up to a multiple of this (few shapes to compile)
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def prepare_run(cfg: TrainConfig, out: Path) -> tuple[Path, Tokenizer]:
+    """Feature cache, tokenizer and normalization for a run directory (reused when present)."""
+    out.mkdir(parents=True, exist_ok=True)
+    corpus = Path(cfg.data.corpus).expanduser()
+    manifest = corpus / "manifest.jsonl" if corpus.is_dir() else corpus
+    if not manifest.exists():
+        raise FileNotFoundError(f"{manifest} not found: build the corpus first (`make data`)")
+    from eeasr.paths import default_cache_dir
+    from eeasr.train.data.cache import CacheConfig
+
+    cache = build_cache(manifest, default_cache_dir() / "features", cfg=CacheConfig(copies=cfg.data.copies))
+    if not (out / "tokenizer.model").exists():
+        from eeasr.manifest import iter_manifest
+
+        texts = [u.text for u in iter_manifest(manifest) if u.split == "train"]
+        Tokenizer.train(texts, out / "tokenizer.model", vocab_size=cfg.data.vocab)
+    if not (out / "norm.json").exists():
+        shutil.copy(cache / "norm.json", out / "norm.json")
+    index = json.loads((cache / "index.json").read_text())
+    (out / "features.json").write_text(json.dumps(FeatureConfig.from_dict(index["features"]).to_dict()))
+    return cache, Tokenizer.load(out / "tokenizer.model")
+
+
+def lr_at(step: int, cfg: TrainConfig, total: int) -> float:
+    """Linear warm-up, then cosine decay to 5% of the peak."""
+    o = cfg.optim
+    if step < o.warmup_steps:
+        return o.lr * (step + 1) / o.warmup_steps
+    frac = min(1.0, (step - o.warmup_steps) / max(1, total - o.warmup_steps))
+    return o.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def exit_losses(logps: list[torch.Tensor], lengths: torch.Tensor, batch: Batch) -> list[torch.Tensor]:
+    """CTC loss at each exit (mean over the batch of per-utterance loss / target length)."""
+    return [F.ctc_loss(lp.float().transpose(0, 1), batch.targets, lengths, batch.target_lengths, blank=0,
+                       reduction="mean", zero_infinity=True) for lp in logps]
+
+
+def _pad_to_bucket(batch: Batch, window: int) -> Batch:
+    t = min(window, int(math.ceil(batch.feats.shape[1] / BUCKET) * BUCKET))
+    if t > batch.feats.shape[1]:
+        batch.feats = F.pad(batch.feats, (0, 0, 0, t - batch.feats.shape[1]))
+    return batch
+
+
+@torch.no_grad()
+def evaluate_greedy(model: torch.nn.Module, data: Utterances, tokenizer: Tokenizer, max_frames: int,
+                    dev: torch.device) -> list[float]:
+    """Greedy-CTC WER (%) at every exit on valid frames only."""
+    model.eval()
+    hyps: list[list[str]] = [[] for _ in model.exits]
+    refs: list[str] = []
+    for idx in bucket_batches(data.lengths, max_frames, seed=0, epoch=0, shuffle=False):
+        b = data.collate(idx)
+        logps, lengths = model(b.feats.to(dev), b.n_frames.to(dev))
+        for j, lp in enumerate(logps):
+            lp = lp.float().cpu().numpy()
+            hyps[j] += [tokenizer.decode(greedy_ctc(lp[i, : lengths[i]])) for i in range(len(idx))]
+        refs += b.texts
+    model.train()
+    return [wer(refs, h) for h in hyps]
+
+
+class _Log:
+    def __init__(self, path: Path, n_exits: int) -> None:
+        self.path = path
+        self.fields = ["step", "epoch", "lr", "loss"] + [f"loss_exit{j + 1}" for j in range(n_exits)] + \
+                      ["frames_per_s", "elapsed_s"] + [f"dev_wer_exit{j + 1}" for j in range(n_exits)]
+        if not path.exists():
+            with path.open("w", newline="") as f:
+                csv.writer(f).writerow(self.fields)
+
+    def write(self, row: dict) -> None:
+        with self.path.open("a", newline="") as f:
+            csv.writer(f).writerow([row.get(k, "") for k in self.fields])
+
+
+def _latest(ckpts: Path) -> Path | None:
+    files = sorted(ckpts.glob("step-*.pt"))
+    return files[-1] if files else None
+
+
+def fit(cfg: TrainConfig, out: Path | None = None, compile_model: bool | None = None, progress: bool = True,
+        stop_after_steps: int | None = None) -> Path:
+    """Train (or resume) the run in `out`; returns the run directory with the averaged model.pt.
+
+    `stop_after_steps` ends this invocation early (as an interruption would), leaving a resumable checkpoint.
+    """
+    out = Path(out or cfg.out).expanduser()
+    cache, tokenizer = prepare_run(cfg, out)
+    cfg.model.vocab_size = tokenizer.vocab_size
+    save_config(cfg, out / "config.yaml")
+    dev = device()
+    norm = load_norm(cache)
+    train = Utterances(load_split(cache, "train", cfg.data.copies), norm, tokenizer, cfg.data.window)
+    dev_set = Utterances(load_split(cache, "dev"), norm, tokenizer, cfg.data.window)
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model).to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    weights = cfg.optim.exit_weights or [1.0] * len(cfg.model.exits)
+    steps_per_epoch = len(bucket_batches(train.lengths, cfg.data.max_batch_frames, cfg.seed, 0))
+    total = cfg.optim.max_steps or cfg.optim.epochs * steps_per_epoch
+
+    ckpts = out / "checkpoints"
+    ckpts.mkdir(exist_ok=True)
+    step, epoch, in_epoch, elapsed = 0, 0, 0, 0.0
+    if (latest := _latest(ckpts)) is not None:
+        state = torch.load(latest, map_location=dev, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optim"])
+        step, epoch, in_epoch, elapsed = state["step"], state["epoch"], state["in_epoch"], state["elapsed"]
+    log = _Log(out / "train_log.csv", len(weights))
+    use_compile = (dev.type == "cpu") if compile_model is None else compile_model
+    fwd = torch.compile(model, dynamic=False) if use_compile else model
+
+    def save() -> None:
+        torch.save({"model": model.state_dict(), "optim": opt.state_dict(), "step": step, "epoch": epoch,
+                    "in_epoch": in_epoch, "elapsed": elapsed}, ckpts / f"step-{step:07d}.pt")
+        for old in sorted(ckpts.glob("step-*.pt"))[: -max(2, cfg.optim.average_last)]:
+            old.unlink()  # keep what the final average needs
+
+    if progress:
+        print(f"{count_parameters(model) / 1e6:.2f} M parameters, {len(train)} training items "
+              f"({train.dropped} longer than the window dropped), {steps_per_epoch} steps/epoch, {total} steps")
+    bar = tqdm(total=total, initial=step, desc="training", disable=not progress, unit="step")
+    model.train()
+    run_steps = 0
+    while step < total:
+        batches = bucket_batches(train.lengths, cfg.data.max_batch_frames, cfg.seed, epoch)
+        while in_epoch < len(batches) and step < total:
+            t0 = time.time()
+            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+            torch.manual_seed(cfg.seed * 1_000_003 + step)
+            b = _pad_to_bucket(train.collate(batches[in_epoch]), cfg.data.window)
+            feats = spec_augment(b, cfg.data, gen).to(dev)
+            n = b.n_frames.to(dev)
+            if use_compile:
+                torch._dynamo.mark_dynamic(feats, 0)
+                torch._dynamo.mark_dynamic(n, 0)
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, cfg, total)
+            logps, lengths = fwd(feats, n)
+            losses = exit_losses(logps, lengths.cpu(), b)
+            loss = sum(w * l for w, l in zip(weights, losses))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            opt.step()
+            step, in_epoch, run_steps = step + 1, in_epoch + 1, run_steps + 1
+            dt = time.time() - t0
+            elapsed += dt
+            bar.update(1)
+            bar.set_postfix_str(" ".join(f"{l.item():.2f}" for l in losses))
+            if step % cfg.log_every_steps == 0:
+                log.write({"step": step, "epoch": epoch, "lr": f"{lr_at(step, cfg, total):.2e}",
+                           "loss": f"{loss.item():.4f}", "frames_per_s": round(int(n.sum()) / dt),
+                           "elapsed_s": round(elapsed), **{f"loss_exit{j + 1}": f"{l.item():.4f}"
+                                                           for j, l in enumerate(losses)}})
+            if step % cfg.save_every_steps == 0 or step == total:
+                save()
+            if stop_after_steps is not None and run_steps >= stop_after_steps:
+                save()
+                bar.close()
+                return out
+        if in_epoch >= len(batches):
+            epoch, in_epoch = epoch + 1, 0
+            wers = evaluate_greedy(model, dev_set, tokenizer, cfg.data.max_batch_frames, dev)
+            log.write({"step": step, "epoch": epoch, **{f"dev_wer_exit{j + 1}": f"{w:.2f}"
+                                                        for j, w in enumerate(wers)}})
+            tqdm.write(f"epoch {epoch}: dev WER per exit " + " ".join(f"{w:.1f}" for w in wers))
+            save()
+    bar.close()
+    averaged = average_checkpoints(sorted(ckpts.glob("step-*.pt"))[-cfg.optim.average_last:])
+    save_model(out, averaged, {"steps": step, "epochs": epoch, "train_seconds": round(elapsed),
+                               "averaged": cfg.optim.average_last, "name": cfg.name})
+    return out
+
+
+def average_checkpoints(paths: list[Path]) -> dict[str, torch.Tensor]:
+    """Element-wise mean of the model weights of several checkpoints (integer buffers from the last)."""
+    states = [torch.load(p, map_location="cpu", weights_only=False)["model"] for p in paths]
+    avg = {}
+    for k, v in states[-1].items():
+        avg[k] = torch.stack([s[k].float() for s in states]).mean(0).to(v.dtype) if v.is_floating_point() else v
+    return avg
+
+
