@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	@# torch first, from the local CPU wheel: otherwise pip resolves a CUDA build of several GB.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[train,host,dev]"
+	$(PY) -m pip install -q -e ".[train,convert,host,dev]"
 	touch $@
 
 apt-deps:  ## install the Debian packages the corpus and tests need (only the missing ones)
