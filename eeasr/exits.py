@@ -18,15 +18,19 @@ import numpy as np
 BLANK = 0
 
 
-def greedy_ctc(logp: np.ndarray, blank: int = BLANK) -> list[int]:
-    """Best path: argmax per frame, repeats merged, blanks removed."""
-    best = np.asarray(logp).argmax(axis=-1)
+def ctc_collapse(path: Sequence[int], blank: int = BLANK) -> list[int]:
+    """A frame-level CTC path to labels: repeats merged, blanks removed."""
     out, prev = [], -1
-    for t in best.tolist():
+    for t in path:
         if t != prev and t != blank:
-            out.append(t)
+            out.append(int(t))
         prev = t
     return out
+
+
+def greedy_ctc(logp: np.ndarray, blank: int = BLANK) -> list[int]:
+    """Best path: argmax per frame, collapsed."""
+    return ctc_collapse(np.asarray(logp).argmax(axis=-1).tolist(), blank)
 
 
 def _entropy_per_frame(logp: np.ndarray) -> np.ndarray:

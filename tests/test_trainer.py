@@ -7,9 +7,9 @@ import torch
 
 from eeasr.manifest import read_manifest, write_manifest
 from eeasr.metrics import wer
-from eeasr.exits import greedy_ctc
 from eeasr.train.checkpoint import load_checkpoint
 from eeasr.train.config import config_from_dict
+from eeasr.train import evaluate
 from eeasr.train.trainer import fit
 
 TINY_MODEL = {"d_model": 64, "n_heads": 2, "ff_dim": 128, "n_layers": 4, "exits": [2, 4], "conv_kernel": 7,
@@ -38,18 +38,19 @@ def _cfg(corpus: Path, out: Path, steps: int, **optim) -> object:
 
 def test_tiny_model_overfits_a_handful_of_utterances(handful: Path, tmp_path: Path, monkeypatch):
     monkeypatch.setenv("EEASR_CACHE", str(tmp_path / "cache"))
-    run = fit(_cfg(handful, tmp_path / "run", 400), compile_model=False, progress=False)
+    run = fit(_cfg(handful, tmp_path / "run", 300), compile_model=False, progress=False)
     ck = load_checkpoint(run)
     utts = [u for u in read_manifest(handful / "manifest.jsonl") if u.split == "dev"]
-    from eeasr.audio import load_audio
-    from eeasr.features import log_mel
-
-    hyps = []
-    for u in utts:
-        f = torch.from_numpy(ck.norm.apply(log_mel(load_audio(u.path))))[None]
-        logps, n = ck.model(f, torch.tensor([f.shape[1]]))
-        hyps.append(ck.tokenizer.decode(greedy_ctc(logps[-1][0, : n[0]].detach().numpy())))
-    assert wer([u.text for u in utts], hyps) == 0.0, list(zip([u.text for u in utts], hyps))
+    # Decoded through the evaluation path: device front end, windows, greedy and beam search.
+    results, skipped = evaluate.run(ck, utts, beam=4, progress=False)
+    refs = [u.text for u in utts]
+    assert not skipped
+    assert wer(refs, evaluate.texts_at_exit(results, 1)) == 0.0, evaluate.texts_at_exit(results, 1)
+    assert wer(refs, evaluate.texts_at_exit(results, 1, beam=True)) == 0.0
+    # Exit selection: a threshold every window passes stops at exit 1, one none passes runs to the last.
+    assert evaluate.select(results, "entropy", 1e9, [2, 4])[1] == 2.0
+    assert evaluate.select(results, "entropy", -1.0, [2, 4]) == (evaluate.texts_at_exit(results, 1), 4.0)
+    assert evaluate.select(results, "posterior", 2.0, [2, 4], beam=True)[1] == 4.0
 
 
 def test_resume_reaches_the_state_of_an_uninterrupted_run(handful: Path, tmp_path: Path, monkeypatch):
