@@ -11,7 +11,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 APT_PACKAGES := espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts \
 	fortunes fortune-mod wordnet-base diatheke sword-text-web jargon-text flac pocketsphinx-testdata
 
-.PHONY: help setup apt-deps data features test clean-venv
+.PHONY: help setup apt-deps data train model test clean-venv
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -36,6 +36,15 @@ apt-deps:  ## install the Debian packages the corpus and tests need (only the mi
 data: setup apt-deps  ## synthesize the default corpus (HOURS=21 of training speech) and cache its features
 	$(VENV)/bin/eeasr-data synth --hours $(HOURS) --out $(CORPUS)
 	$(VENV)/bin/eeasr-data features --corpus $(CORPUS)
+
+train: setup  ## train the default model (configs/default.yaml; ~2.5 h on 2 cores; rerun to resume)
+	$(VENV)/bin/eeasr-train fit --config configs/default.yaml
+
+model: setup  ## evaluate the trained default run and export it to models/default
+	$(VENV)/bin/eeasr-train export $(CACHE)/runs/default --out models/default
+	$(VENV)/bin/eeasr-train eval models/default --out models/default/results-test.md
+	$(VENV)/bin/eeasr-train eval models/default --real --out models/default/results-real.md
+	$(VENV)/bin/eeasr-train exits models/default --out models/default/exits
 
 test: setup apt-deps  ## run the test suite
 	$(PY) -m pytest -q

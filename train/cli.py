@@ -163,3 +163,42 @@ def exits(run: Path, manifest: Path | None, target_wer: float | None, beam: int,
     (out / "thresholds.json").write_text(json.dumps({"target_wer": target, "model_hash": ck.model_hash,
                                                      "measures": cal}, indent=1))
     click.echo(f"{out / 'sweep.png'}")
+
+
+@main.command()
+@click.argument("run", type=click.Path(exists=True, path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=Path("models/default"),
+              help="Model directory to write.")
+@click.option("--manifest", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Corpus whose dev split gives the calibration set [default: ~/.cache/eeasr/corpus].")
+def export(run: Path, out: Path, manifest: Path | None) -> None:
+    """Package a trained run as a self-contained model directory (fp16 weights, tokenizer, normalization,
+    a calibration set of real dev features for int8 conversion, and a model card)."""
+    from eeasr.paths import default_cache_dir
+    from eeasr.train.export import export as run_export
+
+    _load(run)  # a clear error for an incomplete run
+    model_hash = run_export(run, out, manifest or default_cache_dir() / "corpus" / "manifest.jsonl")
+    click.echo(f"{out} (model hash {model_hash})")
+
+
+@main.command()
+@click.argument("corpus", type=click.Path(exists=True, path_type=Path))
+@click.option("--from", "init", type=click.Path(exists=True, path_type=Path), default=Path("models/default"),
+              help="Model to start from.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory.")
+@click.option("--epochs", type=int, default=3, help="Passes over your corpus.")
+@click.option("--lr", type=float, default=5e-4, help="Peak learning rate (lower than from scratch).")
+def finetune(corpus: Path, init: Path, out: Path, epochs: int, lr: float) -> None:
+    """Fine-tune a model on your own corpus (an `eeasr-data import` or `synth` directory).
+
+    Keeps the model's tokenizer, normalization and shape; rerun the same command to resume.
+    """
+    from eeasr.train.config import load_config
+    from eeasr.train.trainer import fit as run_fit
+
+    _load(init)
+    cfg = load_config(init / "config.yaml", {"init": str(init), "data.corpus": str(corpus), "optim.epochs": epochs,
+                                             "optim.lr": lr, "optim.warmup_steps": 100, "out": str(out)})
+    run_fit(cfg, out)
+    click.echo(f"model: {out / 'model.pt'}")

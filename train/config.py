@@ -56,6 +56,7 @@ class TrainConfig:
     name: str = "default"
     seed: int = 0
     out: str = "runs/default"
+    init: str = ""                          # checkpoint to start from (fine-tuning): its tokenizer, norm, model shape
     save_every_steps: int = 500             # a resumable checkpoint between epochs as well
     log_every_steps: int = 10
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -22,12 +22,14 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from eeasr.exits import greedy_ctc
-from eeasr.features import FeatureConfig
+from eeasr.features import FeatureConfig, NormStats
+from eeasr.manifest import iter_manifest
 from eeasr.metrics import wer
+from eeasr.paths import default_cache_dir
 from eeasr.tokenizer import Tokenizer
-from eeasr.train.checkpoint import save_model
-from eeasr.train.config import TrainConfig, save_config
-from eeasr.train.data.cache import build_cache, load_norm, load_split
+from eeasr.train.checkpoint import load_checkpoint, save_model
+from eeasr.train.config import TrainConfig, load_config, save_config
+from eeasr.train.data.cache import CacheConfig, build_cache, load_split
 from eeasr.train.dataset import Batch, Utterances, bucket_batches, spec_augment
 from eeasr.train.model import build_model, count_parameters
 
@@ -45,13 +47,15 @@ def prepare_run(cfg: TrainConfig, out: Path) -> tuple[Path, Tokenizer]:
     manifest = corpus / "manifest.jsonl" if corpus.is_dir() else corpus
     if not manifest.exists():
         raise FileNotFoundError(f"{manifest} not found: build the corpus first (`make data`)")
-    from eeasr.paths import default_cache_dir
-    from eeasr.train.data.cache import CacheConfig
-
     cache = build_cache(manifest, default_cache_dir() / "features", cfg=CacheConfig(copies=cfg.data.copies))
+    if cfg.init:
+        # Fine-tuning keeps the starting model's units and feature scaling; its shape comes with it.
+        init = Path(cfg.init).expanduser()
+        for name in ("tokenizer.model", "norm.json"):
+            if not (out / name).exists():
+                shutil.copy(init / name, out / name)
+        cfg.model = load_config(init / "config.yaml").model
     if not (out / "tokenizer.model").exists():
-        from eeasr.manifest import iter_manifest
-
         texts = [u.text for u in iter_manifest(manifest) if u.split == "train"]
         Tokenizer.train(texts, out / "tokenizer.model", vocab_size=cfg.data.vocab)
     if not (out / "norm.json").exists():
@@ -131,7 +135,7 @@ def fit(cfg: TrainConfig, out: Path | None = None, compile_model: bool | None = 
     cfg.model.vocab_size = tokenizer.vocab_size
     save_config(cfg, out / "config.yaml")
     dev = device()
-    norm = load_norm(cache)
+    norm = NormStats.load(out / "norm.json")
     train = Utterances(load_split(cache, "train", cfg.data.copies), norm, tokenizer, cfg.data.window)
     dev_set = Utterances(load_split(cache, "dev"), norm, tokenizer, cfg.data.window)
 
@@ -145,6 +149,8 @@ def fit(cfg: TrainConfig, out: Path | None = None, compile_model: bool | None = 
     ckpts = out / "checkpoints"
     ckpts.mkdir(exist_ok=True)
     step, epoch, in_epoch, elapsed = 0, 0, 0, 0.0
+    if cfg.init and _latest(ckpts) is None:
+        model.load_state_dict(load_checkpoint(cfg.init).model.state_dict())
     if (latest := _latest(ckpts)) is not None:
         state = torch.load(latest, map_location=dev, weights_only=False)
         model.load_state_dict(state["model"])
