@@ -1,0 +1,337 @@
+"""Cutting the encoder at its exits, converting the device segments in a calibration chain, and measuring
+their agreement with the float model.
+
+Segment k of the device program holds blocks [exit_{k-1}, exit_k) and exit k's head; segment 1 also holds the
+front. Calibration is a chain, as the device contract demands: segment 1 is calibrated on the model's shipped
+calibration set (real dev features, normalized), loaded in the real TFLM interpreter and run on every
+calibration window; segment k+1 is then calibrated on the dequantized TFLM outputs of segment k, and so on.
+Each boundary's two ends (segment k's `hidden` output, segment k+1's `hidden_in` input) keep the scale and
+zero point the converter chose for them; where they differ the device requantizes with
+`eeasr.bundle.requantize` (= eeasr.features.requantize_int8), and so does everything here that runs the chain.
+
+Agreement: windows cut from held-out calibration utterances at T_valid = W/4, W/2 and W valid feature frames
+(no padding in the float reference: torch runs on exactly T_valid frames) go through the TFLM chain; per
+segment, the hidden state's cosine with torch's over the valid encoder frames and the exit's argmax
+agreement are measured and gated.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from eeasr.bundle import QParams, dequantize, quantize, requantize
+from eeasr.convert.esp_ops import OpUse, check_ops, kernel_for
+from eeasr.convert.tf_model import (INPUT_COUNT, INPUT_FEATS, INPUT_HIDDEN, OUTPUT_HIDDEN, OUTPUT_LOGITS,
+                                    TFSegment, convert_int8, torch_to_tf_segment)
+from eeasr.convert.tflm import TFLMSegment, arena_with_margin, op_uses, smallest_arena
+from eeasr.features import NormStats
+
+
+class AgreementError(RuntimeError):
+    """int8 (TFLM) outputs agree with the float model less than the conversion requires."""
+
+
+class Int16Error(RuntimeError):
+    """A segment asked for int16 activations that cannot be built or run."""
+
+
+# ------------------------------------------------------------------------------------------------- plan
+
+@dataclass(frozen=True)
+class SegmentPlan:
+    index: int           # 1-based position in the device program
+    first_block: int     # blocks [first_block, last_block), 0-based
+    last_block: int
+    with_front: bool
+    exit_index: int      # 1-based exit number (= index)
+    exit_layer: int      # the exit's layer number (= last_block)
+
+    @property
+    def name(self) -> str:
+        return f"seg{self.index}"
+
+    @property
+    def input_name(self) -> str:
+        return INPUT_FEATS if self.with_front else INPUT_HIDDEN
+
+
+def plan_segments(exit_layers: list[int], k: int) -> list[SegmentPlan]:
+    """The first k exits as device segments."""
+    if not 1 <= k <= len(exit_layers):
+        raise ValueError(f"--exits {k}: the model has exits after layers {exit_layers}; choose 1..{len(exit_layers)}")
+    plans, first = [], 0
+    for j, layer in enumerate(exit_layers[:k]):
+        plans.append(SegmentPlan(j + 1, first, layer, j == 0, j + 1, layer))
+        first = layer
+    return plans
+
+
+# ---------------------------------------------------------------------------------------- calibration set
+
+@dataclass
+class CalibrationSet:
+    """Normalized feature windows [N, W, 80] (zeros past each valid count), counts, texts and ids."""
+    feats: np.ndarray
+    n_frames: np.ndarray
+    texts: list[str]
+    ids: list[str]
+
+    def __len__(self) -> int:
+        return len(self.n_frames)
+
+
+def load_calibration(model_dir: Path, norm: NormStats, window: int) -> CalibrationSet:
+    path = Path(model_dir) / "calibration.npz"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: conversion calibrates on the set `eeasr-train export` ships "
+                                f"with the model; export the run first (make model)")
+    z = np.load(path, allow_pickle=False)
+    raw, n = z["feats"].astype(np.float32), np.minimum(z["n_frames"].astype(np.int64), window)
+    if raw.ndim != 3 or raw.shape[2] != len(norm.mean):
+        raise ValueError(f"{path}: feats {raw.shape}, expected [N, W, {len(norm.mean)}]")
+    feats = np.zeros((raw.shape[0], window, raw.shape[2]), np.float32)
+    for i in range(raw.shape[0]):
+        t = int(min(n[i], raw.shape[1]))
+        feats[i, :t] = norm.apply(raw[i, :t])
+        n[i] = t
+    keep = n > 0
+    texts = [str(t) for t in z["texts"]] if "texts" in z else [""] * len(n)
+    ids = [str(t) for t in z["ids"]] if "ids" in z else [str(i) for i in range(len(n))]
+    return CalibrationSet(feats[keep], n[keep].astype(np.int32), [t for t, k in zip(texts, keep) if k],
+                          [t for t, k in zip(ids, keep) if k])
+
+
+# ---------------------------------------------------------------------------------------- device segment
+
+@dataclass
+class DeviceSegment:
+    plan: SegmentPlan
+    tf: TFSegment
+    tflite: bytes
+    tflm: TFLMSegment
+    activations: str
+    arena_min: int
+    arena: int
+    allocations: dict[str, int]
+    ops: list[OpUse]
+    convert_s: float = 0.0
+    agreement: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.plan.name
+
+    def in_q(self) -> QParams:
+        return self.tflm.inputs[self.plan.input_name].qparams
+
+    def out_q(self, name: str = OUTPUT_HIDDEN) -> QParams:
+        return self.tflm.outputs[name].qparams
+
+    def io(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        def desc(info: Any) -> dict[str, Any]:
+            d: dict[str, Any] = {"dtype": info.dtype.lower(), "shape": list(info.shape)}
+            if info.qparams is not None:
+                d.update(scale=info.qparams.scale, zero_point=info.qparams.zero_point)
+            return d
+        return ({n: desc(i) for n, i in self.tflm.inputs.items()}, {n: desc(i) for n, i in self.tflm.outputs.items()})
+
+    def op_table(self) -> list[list[str]]:
+        """Distinct (op, dtypes, kernel) rows: what the firmware registers and which kernels it gets."""
+        rows = sorted({(u.op, f"{u.in_dtype}->{u.out_dtype}" if u.in_dtype != u.out_dtype else u.in_dtype,
+                        kernel_for(u) or "-") for u in self.ops})
+        return [list(r) for r in rows]
+
+
+def convert_segment(model: Any, plan: SegmentPlan, window: int, reps: list[tuple[np.ndarray, int]],
+                    activations: str = "int8") -> DeviceSegment:
+    """Rebuild in TF, convert with `reps` as representative data, check ops against esp-tflite-micro, load in
+    TFLM and measure the smallest arena."""
+    import time
+
+    t0 = time.perf_counter()
+    seg = torch_to_tf_segment(model, plan.first_block, plan.last_block, plan.with_front, True, window)
+    try:
+        data = convert_int8(seg, reps, activations)
+    except RuntimeError as e:
+        if activations == "int16" and "n_frames" in str(e):
+            raise Int16Error(
+                f"{plan.name}: int16 activations cannot be built for this graph: TensorFlow's 16x8 quantizer does "
+                f"not calibrate the int32 `n_frames` input that the masks are computed from ({str(e).splitlines()[-1]}"
+                f"); and esp-tflite-micro has no int16 RSQRT, which the LayerNorm decomposition needs. Convert "
+                f"this segment in int8") from None
+        raise
+    uses = op_uses(data)
+    check_ops(uses, f"{plan.name} (blocks {plan.first_block + 1}-{plan.last_block}, exit {plan.exit_index}, "
+                    f"{activations} activations)")
+    arena_min = smallest_arena(data)
+    arena = arena_with_margin(arena_min)
+    tflm = TFLMSegment(data, arena, where=plan.name)
+    for name, info in {**tflm.inputs, **tflm.outputs}.items():
+        if name != INPUT_COUNT and info.qparams is None:
+            raise RuntimeError(f"{plan.name}: tensor {name} is {info.dtype}, not quantized")
+    return DeviceSegment(plan, seg, data, tflm, activations, arena_min, arena, tflm.allocations(), uses,
+                         time.perf_counter() - t0)
+
+
+@dataclass
+class ChainOutputs:
+    """Raw TFLM outputs of every segment for one window (int8/int16) and their dequantized values."""
+    raw: list[dict[str, np.ndarray]]
+    real: list[dict[str, np.ndarray]]
+
+
+def run_chain(segments: list[DeviceSegment], x: np.ndarray, n_frames: int, upto: int | None = None) -> ChainOutputs:
+    """What the device does for one window: quantize the features with segment 1's input parameters, run each
+    segment, requantize the hidden state at each boundary, all by name."""
+    raw, real = [], []
+    upto = len(segments) if upto is None else upto
+    prev: np.ndarray | None = None
+    for k, seg in enumerate(segments[:upto]):
+        q_in = seg.in_q()
+        if k == 0:
+            xin = quantize(x.reshape(seg.tflm.inputs[INPUT_FEATS].shape), q_in)
+        else:
+            xin = requantize(prev, segments[k - 1].out_q(), q_in)
+        out = seg.tflm.run({seg.plan.input_name: xin, INPUT_COUNT: np.array([n_frames], np.int32)})
+        raw.append(out)
+        real.append({n: dequantize(v, seg.tflm.outputs[n].qparams) for n, v in out.items()})
+        prev = out[OUTPUT_HIDDEN]
+    return ChainOutputs(raw, real)
+
+
+def build_device_segments(model: Any, plans: list[SegmentPlan], calib: CalibrationSet, window: int,
+                          n_reps: int = 32, int16: frozenset[int] = frozenset(),
+                          progress: Any = None) -> tuple[list[DeviceSegment], list[ChainOutputs]]:
+    """The calibration chain. Returns the segments and the TFLM chain outputs on every calibration window
+    (reused for threshold calibration)."""
+    rep_idx = list(range(min(n_reps, len(calib))))
+    segments: list[DeviceSegment] = []
+    # hidden inputs of the next segment for every calibration window, as the device would hold them (raw)
+    prev_raw: list[np.ndarray] = []
+    chains = [ChainOutputs([], []) for _ in range(len(calib))]
+    for plan in plans:
+        if plan.with_front:
+            reps = [(calib.feats[i][None], int(calib.n_frames[i])) for i in rep_idx]
+        else:
+            q_prev = segments[-1].out_q()
+            reps = [(dequantize(prev_raw[i], q_prev), int(calib.n_frames[i])) for i in rep_idx]
+        act = "int16" if plan.index in int16 else "int8"
+        seg = convert_segment(model, plan, window, reps, act)
+        if progress:
+            progress(f"{plan.name}: converted ({act}, {len(seg.tflite):,} B, arena {seg.arena_min:,} B) "
+                     f"in {seg.convert_s:.1f} s; running TFLM on {len(calib)} calibration windows")
+        new_raw = []
+        for i in range(len(calib)):
+            if plan.with_front:
+                xin = quantize(calib.feats[i][None], seg.in_q())
+            else:
+                xin = requantize(prev_raw[i], segments[-1].out_q(), seg.in_q())
+            out = seg.tflm.run({plan.input_name: xin, INPUT_COUNT: np.array([calib.n_frames[i]], np.int32)})
+            chains[i].raw.append(out)
+            chains[i].real.append({n: dequantize(v, seg.tflm.outputs[n].qparams) for n, v in out.items()})
+            new_raw.append(out[OUTPUT_HIDDEN])
+        prev_raw = new_raw
+        segments.append(seg)
+    return segments, chains
+
+
+# ------------------------------------------------------------------------------------------------ agreement
+
+def torch_float(model: Any, feats: np.ndarray, upto_layer: int) -> dict[int, tuple[np.ndarray, np.ndarray | None]]:
+    """The float model on UNPADDED features [T, 80]: {layer: (hidden [T', d], exit logits [T', V] or None)}
+    for every exit layer <= upto_layer."""
+    import torch
+
+    layers = model.cfg.exits
+    out = {}
+    with torch.no_grad():
+        x = torch.from_numpy(np.ascontiguousarray(feats, np.float32))[None]
+        h, lengths = model.front(x, torch.tensor([feats.shape[0]]))
+        mask = torch.ones(1, h.shape[1], dtype=torch.bool)
+        bias = model.key_bias(lengths, h.shape[1])
+        for i, block in enumerate(model.blocks[:upto_layer]):
+            h = block(h, mask, bias)
+            if i + 1 in layers:
+                out[i + 1] = (h[0].numpy().copy(), model.exits[layers.index(i + 1)](h)[0].numpy().copy())
+    return out
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
+
+
+def eval_windows(calib: CalibrationSet, held_out: list[int], window: int, per_t: int = 2
+                 ) -> list[tuple[int, np.ndarray]]:
+    """(T_valid, features [T_valid, 80]) for T_valid in W/4, W/2, W: consecutive frames of the held-out
+    utterances joined into one stream (repeated when it is shorter than needed)."""
+    stream = np.concatenate([calib.feats[i, : calib.n_frames[i]] for i in held_out])
+    out = []
+    for t in (window // 4, window // 2, window):
+        need = t * per_t
+        s = np.concatenate([stream] * math.ceil(need / len(stream))) if len(stream) < need else stream
+        step = max(1, (len(s) - t) // max(1, per_t - 1)) if per_t > 1 else 0
+        for j in range(per_t):
+            start = min(j * step, len(s) - t)
+            out.append((t, s[start:start + t]))
+    return out
+
+
+def measure_agreement(model: Any, segments: list[DeviceSegment], windows: list[tuple[int, np.ndarray]],
+                      window: int) -> dict[str, dict[str, dict[str, float]]]:
+    """{segment name: {str(T_valid): {hidden_cos, hidden_cos_min_frame, logits_cos, argmax_agree}}}."""
+    acc: dict[str, dict[int, dict[str, list]]] = {s.name: {} for s in segments}
+    last_layer = segments[-1].plan.last_block
+    for t, feats in windows:
+        ref = torch_float(model, feats, last_layer)
+        x = np.zeros((1, window, feats.shape[1]), np.float32)
+        x[0, :t] = feats
+        chain = run_chain(segments, x, t)
+        for k, seg in enumerate(segments):
+            h_ref, l_ref = ref[seg.plan.exit_layer]
+            tv = h_ref.shape[0]
+            h_q = chain.real[k][OUTPUT_HIDDEN][0, :tv]
+            l_q = chain.real[k][OUTPUT_LOGITS][0, :tv]
+            a = acc[seg.name].setdefault(t, {"hf": [], "hq": [], "lf": [], "lq": []})
+            a["hf"].append(h_ref), a["hq"].append(h_q), a["lf"].append(l_ref), a["lq"].append(l_q)
+    result: dict[str, dict[str, dict[str, float]]] = {}
+    for name, by_t in acc.items():
+        result[name] = {}
+        for t, a in sorted(by_t.items()):
+            hf, hq = np.concatenate(a["hf"]), np.concatenate(a["hq"])
+            lf, lq = np.concatenate(a["lf"]), np.concatenate(a["lq"])
+            result[name][str(t)] = {
+                "hidden_cos": round(cosine(hf, hq), 6),
+                "hidden_cos_min_frame": round(min(cosine(u, v) for u, v in zip(hf, hq)), 6),
+                "logits_cos": round(cosine(lf, lq), 6),
+                "argmax_agree": round(float(np.mean(lf.argmax(-1) == lq.argmax(-1))), 6),
+                "frames": int(len(hf)),
+            }
+    return result
+
+
+def gate_agreement(agreement: dict[str, dict[str, dict[str, float]]], min_cosine: float,
+                   min_argmax: float) -> None:
+    """Raise AgreementError listing every segment and T_valid below either threshold."""
+    bad = []
+    for name, by_t in agreement.items():
+        for t, m in by_t.items():
+            if m["hidden_cos"] < min_cosine or m["argmax_agree"] < min_argmax:
+                bad.append(f"  {name} at T_valid={t} feature frames: hidden-state cosine {m['hidden_cos']:.4f} "
+                           f"(required >= {min_cosine}), exit argmax agreement {m['argmax_agree']:.3f} "
+                           f"(required >= {min_argmax})")
+    if bad:
+        raise AgreementError(
+            "int8 segments under TFLM disagree with the float model:\n" + "\n".join(bad)
+            + "\nmore or better calibration data, int16 activations for that segment (--int16 K) or fewer "
+              "device exits may help; --min-cosine / --min-agreement set the thresholds")
+
+
+__all__ = ["SegmentPlan", "plan_segments", "CalibrationSet", "load_calibration", "DeviceSegment",
+           "convert_segment", "run_chain", "ChainOutputs", "build_device_segments", "torch_float", "cosine",
+           "eval_windows", "measure_agreement", "gate_agreement", "AgreementError", "Int16Error"]

@@ -1,0 +1,76 @@
+"""Exit thresholds calibrated on what the device and the server will really compute.
+
+Per calibration utterance (one window each: the shipped calibration set holds utterances up to W frames): the
+log-softmax (in float, as the device does) of every device exit's int8 TFLM logits, and the server model's
+log-probabilities on the dequantized TFLM handoff for the exits after them. For each exit measure of
+eeasr.exits that the device computes cheaply (average frame entropy, Eq. 5, and the same over non-blank
+frames), the threshold is the one with the lowest average exit layer whose greedy WER over the set meets the
+target, with per-window selection as in eeasr.train.evaluate: the first exit whose measure passes, else the
+last exit. The default target is the last exit's WER on these TFLM outputs + 2 points (the rule of
+`eeasr-train exits`). A first simple version: one threshold per measure for every exit, no N-best posterior.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from eeasr.exits import frame_entropy, greedy_ctc, nonblank_entropy
+from eeasr.metrics import _counts
+
+DEVICE_MEASURES = {"entropy": frame_entropy, "nonblank_entropy": nonblank_entropy}
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    m = x.max(axis=-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+
+
+def _select(values: np.ndarray, threshold: float) -> np.ndarray:
+    """Per utterance, the first exit whose measure <= threshold, else the last. values [N, E]."""
+    passes = values <= threshold
+    first = np.where(passes.any(axis=1), passes.argmax(axis=1), values.shape[1] - 1)
+    return first
+
+
+def calibrate(logps: list[list[np.ndarray]], texts: list[str], decode: Any, exit_layers: list[int],
+              target_wer: float | None = None, n_candidates: int = 200) -> dict[str, Any]:
+    """`logps[i][j]`: log-probabilities [T_valid, V] of utterance i at exit j. Returns the manifest's
+    thresholds section: target, per-exit WER and per measure {threshold, wer, avg_exit_layer}."""
+    n_exits = len(exit_layers)
+    hyps = [[decode(greedy_ctc(lp)) for lp in row] for row in logps]
+    # word errors [N, E] and reference lengths [N], so each candidate threshold is a sum, not a new alignment
+    counts = [_counts(texts, [h[j] for h in hyps], "word") for j in range(n_exits)]
+    errors = np.stack([c[:, :3].sum(axis=1) for c in counts], axis=1)
+    ref_words = max(1, int(counts[0][:, 3].sum()))
+
+    def wer_of(chosen: np.ndarray) -> float:
+        return 100.0 * float(errors[np.arange(len(chosen)), chosen].sum()) / ref_words
+
+    per_exit = [wer_of(np.full(len(texts), j)) for j in range(n_exits)]
+    target = per_exit[-1] + 2.0 if target_wer is None else float(target_wer)
+    out: dict[str, Any] = {"calibrated_on": "TFLM int8 device exits + server ONNX on the dequantized TFLM handoff",
+                           "utterances": len(texts), "target_wer": round(target, 3),
+                           "wer_per_exit": [round(w, 3) for w in per_exit], "rule": "first exit whose measure <= "
+                           "threshold, else the last exit", "measures": {}}
+    layers = np.array(exit_layers)
+    for name, fn in DEVICE_MEASURES.items():
+        values = np.array([[fn(lp) for lp in row] for row in logps])  # [N, E]
+        cands = np.unique(np.quantile(values, np.linspace(0, 1, n_candidates)))
+        cands = np.concatenate([[values.min() - 1.0], cands])  # never exit early: the last exit alone
+        best = None
+        for th in cands:
+            chosen = _select(values, float(th))
+            w = wer_of(chosen)
+            avg = float(layers[chosen].mean())
+            if w <= target and (best is None or avg < best["avg_exit_layer"] - 1e-9):
+                best = {"threshold": float(th), "wer": round(w, 3), "avg_exit_layer": round(avg, 3)}
+        out["measures"][name] = best
+    usable = {k: v for k, v in out["measures"].items() if v is not None}
+    out["default_measure"] = min(usable, key=lambda k: usable[k]["avg_exit_layer"]) if usable else None
+    return out
+
+
+__all__ = ["calibrate", "log_softmax", "DEVICE_MEASURES"]
