@@ -203,7 +203,15 @@ def load_bundle(path: str | Path, model_hash: str | None = None, bundle_id: str 
         m = json.loads(mpath.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BundleError(f"{mpath}: not valid JSON ({e}); the bundle is corrupt, reconvert it") from None
-    _check_schema(m, str(mpath))
+    try:
+        _check_schema(m, str(mpath))
+    except (KeyError, TypeError, ValueError) as e:
+        if isinstance(e, BundleError):
+            raise
+        raise BundleError(f"{mpath}: malformed manifest ({type(e).__name__}: {e}); reconvert the bundle") from None
+    for rel in m["files"]:
+        if Path(rel).is_absolute() or ".." in Path(rel).parts:
+            raise BundleError(f"{mpath}: file entry {rel!r} points outside the bundle")
     if model_hash is not None and m["model"]["hash"] != model_hash:
         raise BundleError(f"{path}: bundle is for model {m['model']['hash']}, expected model {model_hash}; "
                           f"convert that model or load the matching bundle")

@@ -14,7 +14,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 SHARED = ["eeasr", "eeasr.features", "eeasr.text", "eeasr.tokenizer", "eeasr.metrics", "eeasr.audio",
-          "eeasr.manifest", "eeasr.testvectors"]
+          "eeasr.manifest", "eeasr.testvectors", "eeasr.bundle", "eeasr.exits", "eeasr.windows"]
 HEAVY = re.compile(r"^(torch|tensorflow.*|nvidia-.*)$")
 # What pip prints (with -vv) when it cannot reach an index at all.
 NETWORK_ERRORS = ("connection error", "Failed to establish a new connection", "Temporary failure in name resolution",
