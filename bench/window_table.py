@@ -14,13 +14,9 @@ Results go between the markers of docs/decisions/0002-window-and-frame-rate.md (
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import re
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,11 +25,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import torch  # noqa: E402
-from tflite_micro.python.tflite_micro import runtime  # noqa: E402
 from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as fb  # noqa: E402
 
+from eeasr.bundle import dequantize, quantize  # noqa: E402
 from eeasr.convert.tf_model import (  # noqa: E402
-    N_MELS, OUTPUT_HIDDEN, OUTPUT_LOGITS, convert_int8, op_dtypes, tensor_names, torch_to_tf_segment)
+    INPUT_COUNT, INPUT_FEATS, N_MELS, OUTPUT_HIDDEN, OUTPUT_LOGITS, convert_int8, op_dtypes, torch_to_tf_segment)
+from eeasr.convert.tflm import TFLMSegment, smallest_arena  # noqa: E402
 from eeasr.train.config import ModelConfig  # noqa: E402
 from eeasr.train.model import EarlyExitConformer  # noqa: E402
 
@@ -99,91 +96,6 @@ def graph_macs(tflite: bytes) -> int:
     return total
 
 
-# ------------------------------------------------------------------------------------------------ TFLM
-
-@contextlib.contextmanager
-def captured_stderr() -> Iterator[list[str]]:
-    """Capture what native code writes to fd 2 (TFLM's allocation report and its error messages)."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    lines: list[str] = []
-    with tempfile.TemporaryFile(mode="w+b") as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield lines
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            lines.extend(tmp.read().decode(errors="replace").splitlines())
-
-
-def tflm_loads(tflite: bytes, arena: int) -> bool:
-    with captured_stderr():
-        try:
-            runtime.Interpreter.from_bytes(tflite, arena_size=arena)
-            return True
-        except RuntimeError:
-            return False
-
-
-def smallest_arena(tflite: bytes, step: int = 16) -> int:
-    """Bisection over the arena size the TFLM interpreter accepts (AllocateTensors succeeds)."""
-    hi = 1 << 16
-    while not tflm_loads(tflite, hi):
-        hi *= 2
-    lo = 0  # known to fail
-    while hi - lo > step:
-        mid = (lo + hi) // 2 // step * step
-        if mid <= lo:
-            break
-        lo, hi = (lo, mid) if tflm_loads(tflite, mid) else (mid, hi)
-    return hi
-
-
-@dataclass
-class TFLMRun:
-    outputs: dict[str, np.ndarray]  # dequantized, by name
-    seconds: float
-
-
-class TFLMSegment:
-    """A converted segment in the TFLM interpreter; inputs and outputs by name."""
-
-    def __init__(self, tflite: bytes, arena: int) -> None:
-        with captured_stderr():
-            self.interp = runtime.Interpreter.from_bytes(tflite, arena_size=arena)
-        self.in_names, self.out_names = tensor_names(tflite)
-        self.in_q = {n: self.interp.get_input_details(i) for i, n in enumerate(self.in_names)}
-
-    def allocations(self) -> dict[str, int]:
-        with captured_stderr() as lines:
-            self.interp.print_allocations()
-        out = {}
-        for line in lines:
-            m = re.search(r"Arena allocation (total|head|tail) (\d+) bytes", line)
-            if m:
-                out[m.group(1)] = int(m.group(2))
-        return out
-
-    def run(self, x: np.ndarray, n_frames: int) -> TFLMRun:
-        x_name = self.in_names[0] if self.in_names[0] != "n_frames" else self.in_names[1]
-        q = self.in_q[x_name]["quantization_parameters"]
-        scale, zp = float(q["scales"][0]), int(q["zero_points"][0])
-        xq = np.clip(np.round(x / scale) + zp, -128, 127).astype(np.int8)  # numpy rounds half to even; fine here
-        self.interp.set_input(xq, self.in_names.index(x_name))
-        self.interp.set_input(np.array([n_frames], np.int32), self.in_names.index("n_frames"))
-        t0 = time.perf_counter()
-        self.interp.invoke()
-        dt = time.perf_counter() - t0
-        outs = {}
-        for i, name in enumerate(self.out_names):
-            d = self.interp.get_output_details(i)["quantization_parameters"]
-            y = self.interp.get_output(i).astype(np.float32)
-            outs[name] = (y - float(d["zero_points"][0])) * float(d["scales"][0])
-        return TFLMRun(outs, dt)
-
-
 # --------------------------------------------------------------------------------------------- measuring
 
 def feature_window(rng: np.random.Generator, window: int, n_valid: int) -> np.ndarray:
@@ -230,8 +142,9 @@ def measure(model: EarlyExitConformer, window: int, n_reps: int, seed: int) -> R
     convert_s = time.perf_counter() - t0
 
     arena = smallest_arena(tflite)
-    dev = TFLMSegment(tflite, arena)
+    dev = TFLMSegment(tflite, arena, f"segment 1 (W={window})")
     alloc = dev.allocations()
+    x_q = dev.inputs[INPUT_FEATS].qparams
 
     # int8 (TFLM) vs float (the TF copy, which equals torch) on held-out windows, valid frames only.
     hid_f, hid_q, lg_f, lg_q, frame_cos, invoke = [], [], [], [], [], []
@@ -239,12 +152,14 @@ def measure(model: EarlyExitConformer, window: int, n_reps: int, seed: int) -> R
         n = int(n)
         x = feature_window(rng, window, n)
         ref = seg(x, n)
-        got = dev.run(x, n)
-        invoke.append(got.seconds)
+        t0 = time.perf_counter()
+        raw = dev.run({INPUT_FEATS: quantize(x, x_q), INPUT_COUNT: np.array([n], np.int32)})
+        invoke.append(time.perf_counter() - t0)
+        got = {name: dequantize(v, dev.outputs[name].qparams) for name, v in raw.items()}
         t = -(-n // 4)
-        hf, hq = ref[OUTPUT_HIDDEN][0, :t], got.outputs[OUTPUT_HIDDEN][0, :t]
+        hf, hq = ref[OUTPUT_HIDDEN][0, :t], got[OUTPUT_HIDDEN][0, :t]
         hid_f.append(hf), hid_q.append(hq)
-        lg_f.append(ref[OUTPUT_LOGITS][0, :t]), lg_q.append(got.outputs[OUTPUT_LOGITS][0, :t])
+        lg_f.append(ref[OUTPUT_LOGITS][0, :t]), lg_q.append(got[OUTPUT_LOGITS][0, :t])
         frame_cos.extend(cosine(a, b) for a, b in zip(hf, hq))
     lf, lq = np.concatenate(lg_f), np.concatenate(lg_q)
     return Row(window=window, frames=enc_frames(window, 4), flash=len(tflite), arena=arena,

@@ -317,13 +317,24 @@ def torch_to_tf_segment(model: Any, first_block: int, last_block: int, with_fron
 
 # ------------------------------------------------------------------------------------------------ int8
 
+def set_full_integer(conv: tf.lite.TFLiteConverter, activations: str = "int8") -> None:
+    """Restrict a TFLite converter to full-integer kernels with integer inputs and outputs: int8 throughout
+    (`activations="int8"`) or the 16x8 scheme (int8 weights, int16 activations, inputs and outputs)."""
+    if activations == "int16":
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+        conv.inference_input_type = conv.inference_output_type = tf.int16
+    elif activations == "int8":
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        conv.inference_input_type = conv.inference_output_type = tf.int8
+    else:
+        raise ValueError(f"activations must be int8 or int16, got {activations!r}")
+
+
 def convert_int8(segment: TFSegment, representative: Iterable[tuple[np.ndarray, int]],
                  activations: str = "int8") -> bytes:
     """Full-integer int8 TFLite (per-channel weights, int8 input and outputs; `n_frames` stays int32), with the
     output tensors renamed to the contract's names. `representative` yields (x, n_frames) pairs.
     `activations="int16"` gives the 16x8 variant instead (int8 weights, int16 activations, inputs, outputs)."""
-    if activations not in ("int8", "int16"):
-        raise ValueError(f"activations must be int8 or int16, got {activations!r}")
     reps = [(np.asarray(x, np.float32), int(n)) for x, n in representative]
     concrete = segment.fn.get_concrete_function()
     conv = tf.lite.TFLiteConverter.from_concrete_functions([concrete])
@@ -334,12 +345,7 @@ def convert_int8(segment: TFSegment, representative: Iterable[tuple[np.ndarray, 
 
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
     conv.representative_dataset = gen
-    if activations == "int16":
-        conv.target_spec.supported_ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
-        conv.inference_input_type = conv.inference_output_type = tf.int16
-    else:
-        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        conv.inference_input_type = conv.inference_output_type = tf.int8
+    set_full_integer(conv, activations)
     # The converter keeps the input names (the TensorSpec names) but names outputs after the graph's Identity
     # ops; map them back through the concrete function (its outputs follow tf.nest order of the dict keys).
     keys = tf.nest.flatten({k: k for k in concrete.structured_outputs})
@@ -400,7 +406,7 @@ def op_dtypes(tflite: bytes) -> list[tuple[str, str]]:
     return sorted(pairs)
 
 
-__all__ = ["SegmentSpec", "TFSegment", "torch_to_tf_segment", "convert_int8", "rename_tensors", "tensor_names",
-           "op_dtypes", "front_weights", "block_weights", "sinusoid_positions", "layer_norm", "frame_mask",
+__all__ = ["SegmentSpec", "TFSegment", "torch_to_tf_segment", "convert_int8", "set_full_integer", "rename_tensors",
+           "tensor_names", "op_dtypes", "front_weights", "block_weights", "sinusoid_positions", "layer_norm", "frame_mask",
            "conformer_block", "front", "INPUT_FEATS", "INPUT_HIDDEN", "INPUT_COUNT", "OUTPUT_HIDDEN",
            "OUTPUT_LOGITS"]

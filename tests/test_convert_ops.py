@@ -15,6 +15,7 @@ pytest.importorskip("tflite_micro")
 
 from eeasr.convert.esp_ops import (ESP_TFLITE_MICRO_VERSION, SUPPORTED, OpUse, UnsupportedOpError,  # noqa: E402
                                    check_ops, kernel_for)
+from eeasr.convert.tf_model import set_full_integer  # noqa: E402
 from eeasr.convert.tflm import (CorruptModelError, TFLMSegment, op_uses, smallest_arena,  # noqa: E402
                                 verify_tflite)
 
@@ -29,12 +30,7 @@ def tiny_tflite(body, activations: str = "int8", n: int = 16) -> bytes:  # noqa:
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
     rng = np.random.default_rng(0)
     conv.representative_dataset = lambda: ([rng.standard_normal((1, n)).astype(np.float32)] for _ in range(8))
-    if activations == "int16":
-        conv.target_spec.supported_ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
-        conv.inference_input_type = conv.inference_output_type = tf.int16
-    else:
-        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        conv.inference_input_type = conv.inference_output_type = tf.int8
+    set_full_integer(conv, activations)
     return conv.convert()
 
 
