@@ -7,11 +7,12 @@ CORPUS ?= $(CACHE)/corpus
 HOURS ?= 21
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-# Debian packages: TTS engines and voices, text sources, audio tools.
+# Debian packages: TTS engines and voices, text sources, audio tools, gcc for the firmware's native C tests.
 APT_PACKAGES := espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts \
-	fortunes fortune-mod wordnet-base diatheke sword-text-web jargon-text flac pocketsphinx-testdata
+	fortunes fortune-mod wordnet-base diatheke sword-text-web jargon-text flac pocketsphinx-testdata \
+	build-essential
 
-.PHONY: help setup apt-deps data train model test clean-venv
+.PHONY: help setup apt-deps data train model bench firmware-check test clean-venv
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -37,14 +38,26 @@ data: setup apt-deps  ## synthesize the default corpus (HOURS=21 of training spe
 	$(VENV)/bin/eeasr-data synth --hours $(HOURS) --out $(CORPUS)
 	$(VENV)/bin/eeasr-data features --corpus $(CORPUS)
 
-train: setup  ## train the default model (configs/default.yaml; ~2.5 h on 2 cores; rerun to resume)
+train: setup  ## train the default model: stage 1 then stage 2 (configs/default*.yaml; ~3.7 h on 2 cores; rerun to resume)
 	$(VENV)/bin/eeasr-train fit --config configs/default.yaml
+	$(VENV)/bin/eeasr-train fit --config configs/default-stage2.yaml
 
 model: setup  ## evaluate the trained default run and export it to models/default
-	$(VENV)/bin/eeasr-train export $(CACHE)/runs/default --out models/default
+	$(VENV)/bin/eeasr-train export $(CACHE)/runs/default-s2 --out models/default
 	$(VENV)/bin/eeasr-train eval models/default --out models/default/results-test.md
 	$(VENV)/bin/eeasr-train eval models/default --real --out models/default/results-real.md
 	$(VENV)/bin/eeasr-train exits models/default --out models/default/exits
+
+# The benchmarks, one script each (bench/*.py --help says what each measures):
+#   bench/window_table.py  flash, arena, MACs and bandwidth per window W (updates docs/decisions/0002)
+#   bench/int8_wer.py      WER of every int8 device exit under TFLM vs float on the test set (bench/out/int8_wer.*)
+bench: setup  ## run the benchmarks: bench/window_table.py, bench/int8_wer.py (slow: tens of minutes)
+	$(PY) bench/window_table.py
+	$(PY) bench/int8_wer.py --out bench/out
+
+firmware-check:  ## build the firmware's C core with gcc, run its sanitizer unit tests and the test vectors
+	@test -x $(PY) || { echo "$(PY) not found: run make setup first"; exit 1; }
+	$(MAKE) -C firmware/native check PYTHON=$(abspath $(PY))
 
 test: setup apt-deps  ## run the test suite
 	$(PY) -m pytest -q

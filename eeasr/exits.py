@@ -33,6 +33,13 @@ def greedy_ctc(logp: np.ndarray, blank: int = BLANK) -> list[int]:
     return ctc_collapse(np.asarray(logp).argmax(axis=-1).tolist(), blank)
 
 
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Log-softmax over the last axis in float32, as the device takes it of an exit's dequantized int8 logits."""
+    x = np.asarray(logits, np.float32)
+    m = x.max(axis=-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+
+
 def _entropy_per_frame(logp: np.ndarray) -> np.ndarray:
     logp = np.asarray(logp, dtype=np.float64)
     return -(np.exp(logp) * logp).sum(axis=-1)
