@@ -7,15 +7,16 @@ CORPUS ?= $(CACHE)/corpus
 HOURS ?= 21
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-# Debian packages: TTS engines and voices, text sources, audio tools, gcc for the firmware's native C tests.
+# Debian packages: TTS engines and voices, text sources, audio tools, gcc for the firmware's native C tests,
+# PortAudio and a user-run PulseAudio for the microphone path (and its test).
 APT_PACKAGES := espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts \
 	fortunes fortune-mod wordnet-base diatheke sword-text-web jargon-text flac pocketsphinx-testdata \
-	build-essential
+	build-essential libportaudio2 pulseaudio pulseaudio-utils
 
-.PHONY: help setup apt-deps data train model bench firmware-check test clean-venv
+.PHONY: help setup apt-deps demo data train model bench firmware-check test clean-venv
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
 
 setup: $(VENV)/.installed  ## create .venv with the CPU build of torch and eeasr installed editable
 
@@ -33,6 +34,18 @@ apt-deps:  ## install the Debian packages the corpus and tests need (only the mi
 	  echo "installing Debian packages:" $$missing; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
 	fi
+
+# The demo's audio: held-out synthetic voices bundled in assets/demo and real recordings from Debian's
+# pocketsphinx-testdata; assets/demo/manifest.jsonl holds the transcripts of both.
+PS_DATA := /usr/share/pocketsphinx/test/data
+DEMO_AUDIO := $(sort $(wildcard assets/demo/*.flac)) \
+	$(PS_DATA)/librivox/sense_and_sensibility_01_austen_64kb-0870.wav \
+	$(PS_DATA)/librivox/sense_and_sensibility_01_austen_64kb-0880.wav \
+	$(PS_DATA)/librivox/sense_and_sensibility_01_austen_64kb-0930.wav \
+	$(PS_DATA)/cards/001.wav $(PS_DATA)/cards/005.wav
+
+demo: setup apt-deps  ## the whole edge-cloud split on this machine: bundled model and audio, simulated device, local server
+	$(VENV)/bin/eeasr-host stream --wav $(DEMO_AUDIO) --refs assets/demo/manifest.jsonl --log $(CACHE)/demo.jsonl
 
 data: setup apt-deps  ## synthesize the default corpus (HOURS=21 of training speech) and cache its features
 	$(VENV)/bin/eeasr-data synth --hours $(HOURS) --out $(CORPUS)
@@ -64,3 +77,5 @@ test: setup apt-deps  ## run the test suite
 
 clean-venv:  ## remove .venv
 	rm -rf $(VENV)
+
+include firmware/flash.mk

@@ -30,7 +30,7 @@ from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as fb 
 from eeasr.bundle import dequantize, quantize  # noqa: E402
 from eeasr.convert.tf_model import (  # noqa: E402
     INPUT_COUNT, INPUT_FEATS, N_MELS, OUTPUT_HIDDEN, OUTPUT_LOGITS, convert_int8, op_dtypes, torch_to_tf_segment)
-from eeasr.convert.tflm import TFLMSegment, smallest_arena  # noqa: E402
+from eeasr.tflm import TFLMSegment, smallest_arena  # noqa: E402
 from eeasr.train.config import ModelConfig  # noqa: E402
 from eeasr.train.model import EarlyExitConformer  # noqa: E402
 

@@ -2,11 +2,13 @@
 
 1. Device segments (convert/segments.py): cut at the exits, the first K converted to int8 TFLite in a
    calibration chain on the model's calibration set, each checked against the esp-tflite-micro op table
-   (convert/esp_ops.py), loaded by the real TFLM interpreter, its smallest arena measured (convert/tflm.py).
+   (convert/esp_ops.py), loaded by the real TFLM interpreter, its smallest arena measured (eeasr/tflm.py);
+   every run of the chain goes through eeasr/device_program.py, as the host's simulated device does.
 2. Agreement: TFLM int8 vs the float model on unpadded windows at T_valid = W/4, W/2, W; below the thresholds
    the conversion fails.
 3. Cost per segment (convert/cost.py).
-4. Server model (convert/server.py): the remaining layers as ONNX, checked against torch under onnxruntime.
+4. Server model (convert/server.py): the remaining layers as ONNX, checked against torch under onnxruntime
+   (eeasr/server_model.py, which the server runs).
 5. Thresholds (convert/thresholds.py) on the TFLM outputs (and the server's on the TFLM handoff).
 6. Firmware sources (convert/csource.py) and manifest.json (convert/bundle.py, eeasr/bundle.py).
 """
@@ -105,7 +107,7 @@ def convert_checkpoint(checkpoint: Path, out: Path, opts: ConvertOptions, log: L
     from eeasr.convert.esp_ops import ESP_NN_VERSION, ESP_TFLITE_MICRO_COMMIT, ESP_TFLITE_MICRO_VERSION
     from eeasr.convert.cost import Assumptions
     from eeasr.convert.segments import eval_windows, gate_agreement, measure_agreement
-    from eeasr.convert.tf_model import OUTPUT_HIDDEN, OUTPUT_LOGITS
+    from eeasr.device_program import OUTPUT_HIDDEN, OUTPUT_LOGITS
     from eeasr.train.checkpoint import load_checkpoint
     from eeasr.train.model import subsampled_lengths
 
@@ -141,8 +143,8 @@ def convert_checkpoint(checkpoint: Path, out: Path, opts: ConvertOptions, log: L
     timings["agreement"] = time.perf_counter() - t
 
     # 4: server model on the remaining layers
-    from eeasr.convert.server import (SERVER_INPUT_HIDDEN, SERVER_INPUT_LENGTHS, ServerModel, check_against_torch,
-                                      export_onnx, output_name, remaining_exits)
+    from eeasr.convert.server import check_against_torch, export_onnx, remaining_exits
+    from eeasr.server_model import SERVER_INPUT_HIDDEN, SERVER_INPUT_LENGTHS, ServerModel, output_name
     t = time.perf_counter()
     server_files: dict[str, bytes] = {}
     server_entry: dict[str, Any] | None = None
@@ -168,19 +170,20 @@ def convert_checkpoint(checkpoint: Path, out: Path, opts: ConvertOptions, log: L
     timings["server"] = time.perf_counter() - t
 
     # 5: thresholds on TFLM outputs (+ the server on the TFLM handoff)
-    from eeasr.convert.thresholds import calibrate, log_softmax
+    from eeasr.convert.thresholds import calibrate
+    from eeasr.exits import log_softmax
     t = time.perf_counter()
     import torch
     enc_len = subsampled_lengths(torch.from_numpy(calib.n_frames.astype(np.int64))).numpy()
     logps: list[list[np.ndarray]] = []
     server_out = None
     if server is not None:
-        hidden = np.concatenate([c.real[-1][OUTPUT_HIDDEN] for c in chains])
+        hidden = np.concatenate([c[-1].real(OUTPUT_HIDDEN) for c in chains])
         server_out = server(hidden, enc_len)
     server_agree = []
     for i, c in enumerate(chains):
         tv = int(enc_len[i])
-        row = [log_softmax(c.real[j][OUTPUT_LOGITS][0, :tv]) for j in range(k)]
+        row = [log_softmax(c[j].real(OUTPUT_LOGITS)[0, :tv]) for j in range(k)]
         if server_out is not None:
             row += [server_out[output_name(j)][i, :tv] for j, _ in rest]
         logps.append(row)

@@ -42,10 +42,11 @@ def _errors() -> tuple[type[BaseException], ...]:
     from eeasr.convert.esp_ops import UnsupportedOpError
     from eeasr.convert.segments import AgreementError, Int16Error
     from eeasr.convert.server import ServerCheckError
-    from eeasr.convert.tflm import CorruptModelError, TFLMError
+    from eeasr.server_model import ServerModelError
+    from eeasr.tflm import CorruptModelError, TFLMError
 
-    return (AgreementError, Int16Error, UnsupportedOpError, ServerCheckError, TFLMError, CorruptModelError, BundleError,
-            ValueError, FileNotFoundError, FileExistsError)
+    return (AgreementError, Int16Error, UnsupportedOpError, ServerCheckError, ServerModelError, TFLMError,
+            CorruptModelError, BundleError, ValueError, FileNotFoundError, FileExistsError)
 
 
 @main.command("convert")

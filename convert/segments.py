@@ -7,7 +7,8 @@ calibration set (real dev features, normalized), loaded in the real TFLM interpr
 calibration window; segment k+1 is then calibrated on the dequantized TFLM outputs of segment k, and so on.
 Each boundary's two ends (segment k's `hidden` output, segment k+1's `hidden_in` input) keep the scale and
 zero point the converter chose for them; where they differ the device requantizes with
-`eeasr.bundle.requantize` (= eeasr.features.requantize_int8), and so does everything here that runs the chain.
+`eeasr.bundle.requantize` (= eeasr.features.requantize_int8). Everything here that runs the chain does it
+through eeasr/device_program.py, the one implementation of the device program that the host runs too.
 
 Agreement: windows cut from held-out calibration utterances at T_valid = W/4, W/2 and W valid feature frames
 (no padding in the float reference: torch runs on exactly T_valid frames) go through the TFLM chain; per
@@ -24,12 +25,14 @@ from typing import Any
 
 import numpy as np
 
-from eeasr.bundle import QParams, dequantize, quantize, requantize
+from eeasr.bundle import QParams, quantize
 from eeasr.convert.esp_ops import OpUse, check_ops, kernel_for
-from eeasr.convert.tf_model import (INPUT_COUNT, INPUT_FEATS, INPUT_HIDDEN, OUTPUT_HIDDEN, OUTPUT_LOGITS,
-                                    TFSegment, convert_int8, torch_to_tf_segment)
-from eeasr.convert.tflm import TFLMSegment, arena_with_margin, op_uses, smallest_arena
+from eeasr.convert.tf_model import TFSegment, convert_int8, torch_to_tf_segment
+from eeasr.convert.tflm import arena_with_margin, op_uses
+from eeasr.device_program import (INPUT_COUNT, INPUT_FEATS, INPUT_HIDDEN, OUTPUT_HIDDEN, OUTPUT_LOGITS,
+                                  DeviceProgram, Stage, StepOutput, run_stage, stage_input)
 from eeasr.features import NormStats
+from eeasr.tflm import TFLMSegment, smallest_arena
 
 
 class AgreementError(RuntimeError):
@@ -140,6 +143,11 @@ class DeviceSegment:
             return d
         return ({n: desc(i) for n, i in self.tflm.inputs.items()}, {n: desc(i) for n, i in self.tflm.outputs.items()})
 
+    def stage(self, prev: DeviceSegment | None = None) -> Stage:
+        """This segment as a step of the device program, after `prev` (None for the first)."""
+        return Stage(self.name, self.plan.exit_index, self.plan.exit_layer, self.tflm,
+                     prev.out_q() if prev is not None else None)
+
     def op_table(self) -> list[list[str]]:
         """Distinct (op, dtypes, kernel) rows: what the firmware registers and which kernels it gets."""
         rows = sorted({(u.op, f"{u.in_dtype}->{u.out_dtype}" if u.in_dtype != u.out_dtype else u.in_dtype,
@@ -178,64 +186,37 @@ def convert_segment(model: Any, plan: SegmentPlan, window: int, reps: list[tuple
                          time.perf_counter() - t0)
 
 
-@dataclass
-class ChainOutputs:
-    """Raw TFLM outputs of every segment for one window (int8/int16) and their dequantized values."""
-    raw: list[dict[str, np.ndarray]]
-    real: list[dict[str, np.ndarray]]
-
-
-def run_chain(segments: list[DeviceSegment], x: np.ndarray, n_frames: int, upto: int | None = None) -> ChainOutputs:
-    """What the device does for one window: quantize the features with segment 1's input parameters, run each
-    segment, requantize the hidden state at each boundary, all by name."""
-    raw, real = [], []
-    upto = len(segments) if upto is None else upto
-    prev: np.ndarray | None = None
-    for k, seg in enumerate(segments[:upto]):
-        q_in = seg.in_q()
-        if k == 0:
-            xin = quantize(x.reshape(seg.tflm.inputs[INPUT_FEATS].shape), q_in)
-        else:
-            xin = requantize(prev, segments[k - 1].out_q(), q_in)
-        out = seg.tflm.run({seg.plan.input_name: xin, INPUT_COUNT: np.array([n_frames], np.int32)})
-        raw.append(out)
-        real.append({n: dequantize(v, seg.tflm.outputs[n].qparams) for n, v in out.items()})
-        prev = out[OUTPUT_HIDDEN]
-    return ChainOutputs(raw, real)
+def device_program(segments: list[DeviceSegment], subsampling: int = 4) -> DeviceProgram:
+    """The converted segments as the device program (eeasr.device_program) that a bundle of them describes."""
+    return DeviceProgram([s.stage(p) for p, s in zip([None, *segments[:-1]], segments)], subsampling)
 
 
 def build_device_segments(model: Any, plans: list[SegmentPlan], calib: CalibrationSet, window: int,
                           n_reps: int = 32, int16: frozenset[int] = frozenset(),
-                          progress: Any = None) -> tuple[list[DeviceSegment], list[ChainOutputs]]:
-    """The calibration chain. Returns the segments and the TFLM chain outputs on every calibration window
-    (reused for threshold calibration)."""
+                          progress: Any = None) -> tuple[list[DeviceSegment], list[list[StepOutput]]]:
+    """The calibration chain. Returns the segments and, per calibration window, the TFLM output of every
+    segment (reused for threshold calibration). Segment-major, since segment k+1 is calibrated on segment
+    k's outputs; each step is eeasr.device_program's, so the chain is exactly what the device runs."""
     rep_idx = list(range(min(n_reps, len(calib))))
     segments: list[DeviceSegment] = []
-    # hidden inputs of the next segment for every calibration window, as the device would hold them (raw)
-    prev_raw: list[np.ndarray] = []
-    chains = [ChainOutputs([], []) for _ in range(len(calib))]
+    chains: list[list[StepOutput]] = [[] for _ in range(len(calib))]
     for plan in plans:
         if plan.with_front:
             reps = [(calib.feats[i][None], int(calib.n_frames[i])) for i in rep_idx]
         else:
-            q_prev = segments[-1].out_q()
-            reps = [(dequantize(prev_raw[i], q_prev), int(calib.n_frames[i])) for i in rep_idx]
+            reps = [(chains[i][-1].real(OUTPUT_HIDDEN), int(calib.n_frames[i])) for i in rep_idx]
         act = "int16" if plan.index in int16 else "int8"
         seg = convert_segment(model, plan, window, reps, act)
         if progress:
             progress(f"{plan.name}: converted ({act}, {len(seg.tflite):,} B, arena {seg.arena_min:,} B) "
                      f"in {seg.convert_s:.1f} s; running TFLM on {len(calib)} calibration windows")
-        new_raw = []
+        stage = seg.stage(segments[-1] if segments else None)
         for i in range(len(calib)):
-            if plan.with_front:
-                xin = quantize(calib.feats[i][None], seg.in_q())
+            if plan.with_front:  # calibration windows are zero past their valid frames, as the device pads
+                xin = quantize(calib.feats[i][None], stage.in_qparams)
             else:
-                xin = requantize(prev_raw[i], segments[-1].out_q(), seg.in_q())
-            out = seg.tflm.run({plan.input_name: xin, INPUT_COUNT: np.array([calib.n_frames[i]], np.int32)})
-            chains[i].raw.append(out)
-            chains[i].real.append({n: dequantize(v, seg.tflm.outputs[n].qparams) for n, v in out.items()})
-            new_raw.append(out[OUTPUT_HIDDEN])
-        prev_raw = new_raw
+                xin = stage_input(stage, chains[i][-1].raw[OUTPUT_HIDDEN])
+            chains[i].append(run_stage(stage, xin, int(calib.n_frames[i])))
         segments.append(seg)
     return segments, chains
 
@@ -287,16 +268,15 @@ def measure_agreement(model: Any, segments: list[DeviceSegment], windows: list[t
     """{segment name: {str(T_valid): {hidden_cos, hidden_cos_min_frame, logits_cos, argmax_agree}}}."""
     acc: dict[str, dict[int, dict[str, list]]] = {s.name: {} for s in segments}
     last_layer = segments[-1].plan.last_block
+    program = device_program(segments, model.cfg.subsampling)
     for t, feats in windows:
         ref = torch_float(model, feats, last_layer)
-        x = np.zeros((1, window, feats.shape[1]), np.float32)
-        x[0, :t] = feats
-        chain = run_chain(segments, x, t)
+        out = program.run(*program.quantize_features(feats))
         for k, seg in enumerate(segments):
             h_ref, l_ref = ref[seg.plan.exit_layer]
             tv = h_ref.shape[0]
-            h_q = chain.real[k][OUTPUT_HIDDEN][0, :tv]
-            l_q = chain.real[k][OUTPUT_LOGITS][0, :tv]
+            h_q = out.steps[k].real(OUTPUT_HIDDEN)[0, :tv]
+            l_q = out.steps[k].real(OUTPUT_LOGITS)[0, :tv]
             a = acc[seg.name].setdefault(t, {"hf": [], "hq": [], "lf": [], "lq": []})
             a["hf"].append(h_ref), a["hq"].append(h_q), a["lf"].append(l_ref), a["lq"].append(l_q)
     result: dict[str, dict[str, dict[str, float]]] = {}
@@ -333,5 +313,5 @@ def gate_agreement(agreement: dict[str, dict[str, dict[str, float]]], min_cosine
 
 
 __all__ = ["SegmentPlan", "plan_segments", "CalibrationSet", "load_calibration", "DeviceSegment",
-           "convert_segment", "run_chain", "ChainOutputs", "build_device_segments", "torch_float", "cosine",
+           "convert_segment", "device_program", "build_device_segments", "torch_float", "cosine",
            "eval_windows", "measure_agreement", "gate_agreement", "AgreementError", "Int16Error"]

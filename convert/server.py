@@ -1,4 +1,5 @@
-"""The server model: the encoder layers after the last device exit and their exits, as ONNX run by onnxruntime.
+"""Exporting the server model: the encoder layers after the last device exit and their exits, as ONNX, checked
+against torch under onnxruntime (the runner, ServerModel, is eeasr/server_model.py: the server loads it too).
 
 Input: the device's handoff, dequantized: `hidden` float32 [B, T, d] (the hidden state after layer EXITS'
 exit layer; frames past a window's valid count are ignored) and `lengths` int64 [B], the valid ENCODER frames.
@@ -14,17 +15,13 @@ from typing import Any
 
 import numpy as np
 
-SERVER_INPUT_HIDDEN = "hidden"
-SERVER_INPUT_LENGTHS = "lengths"
+from eeasr.server_model import SERVER_INPUT_HIDDEN, SERVER_INPUT_LENGTHS, ServerModel, output_name
+
 OPSET = 17
 
 
 class ServerCheckError(RuntimeError):
     """The ONNX server model does not reproduce the torch layers."""
-
-
-def output_name(exit_index: int) -> str:
-    return f"logp_exit{exit_index}"
 
 
 def server_module(model: Any, first_block: int) -> Any:
@@ -83,25 +80,6 @@ def export_onnx(model: Any, k: int) -> bytes:
     return f.getvalue()
 
 
-class ServerModel:
-    """onnxruntime session over the server ONNX; outputs by name."""
-
-    def __init__(self, onnx_bytes: bytes) -> None:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        self.session = ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
-        self.outputs = [o.name for o in self.session.get_outputs()]
-
-    def __call__(self, hidden: np.ndarray, lengths: np.ndarray) -> dict[str, np.ndarray]:
-        res = self.session.run(None, {SERVER_INPUT_HIDDEN: np.ascontiguousarray(hidden, np.float32),
-                                      SERVER_INPUT_LENGTHS: np.asarray(lengths, np.int64)})
-        return dict(zip(self.outputs, res))
-
-
 def check_against_torch(model: Any, k: int, server: ServerModel, feats: np.ndarray, n_frames: np.ndarray,
                         tol: float = 2e-3) -> dict[str, float]:
     """Run the full torch model on a batch of (padded) feature windows, feed its float hidden state after exit
@@ -133,5 +111,4 @@ def check_against_torch(model: Any, k: int, server: ServerModel, feats: np.ndarr
     return worst
 
 
-__all__ = ["export_onnx", "ServerModel", "check_against_torch", "server_module", "remaining_exits", "output_name",
-           "ServerCheckError", "SERVER_INPUT_HIDDEN", "SERVER_INPUT_LENGTHS"]
+__all__ = ["export_onnx", "check_against_torch", "server_module", "remaining_exits", "ServerCheckError", "OPSET"]

@@ -32,13 +32,10 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import tensorflow as tf
 
+from eeasr.device_program import INPUT_COUNT, INPUT_FEATS, INPUT_HIDDEN, OUTPUT_HIDDEN, OUTPUT_LOGITS
+
 N_MELS = 80
 LN_EPS = 1e-5
-INPUT_FEATS = "feats"
-INPUT_HIDDEN = "hidden_in"
-INPUT_COUNT = "n_frames"
-OUTPUT_HIDDEN = "hidden"
-OUTPUT_LOGITS = "logits"
 
 
 # ----------------------------------------------------------------------------------------------- weights
@@ -376,17 +373,6 @@ def rename_tensors(tflite: bytes, renames: dict[str, str], expect_io: list[str])
     return bytes(builder.Output())
 
 
-def tensor_names(tflite: bytes) -> tuple[list[str], list[str]]:
-    """Names of the input and output tensors of subgraph 0, in the order TFLM indexes them."""
-    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as fb
-
-    m = fb.Model.GetRootAsModel(tflite, 0)
-    sub = m.Subgraphs(0)
-    ins = [sub.Tensors(sub.Inputs(i)).Name().decode() for i in range(sub.InputsLength())]
-    outs = [sub.Tensors(sub.Outputs(i)).Name().decode() for i in range(sub.OutputsLength())]
-    return ins, outs
-
-
 def op_dtypes(tflite: bytes) -> list[tuple[str, str]]:
     """Sorted distinct (op name, dtype of its first input / output) pairs of subgraph 0."""
     from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as fb
@@ -407,6 +393,6 @@ def op_dtypes(tflite: bytes) -> list[tuple[str, str]]:
 
 
 __all__ = ["SegmentSpec", "TFSegment", "torch_to_tf_segment", "convert_int8", "set_full_integer", "rename_tensors",
-           "tensor_names", "op_dtypes", "front_weights", "block_weights", "sinusoid_positions", "layer_norm", "frame_mask",
+           "op_dtypes", "front_weights", "block_weights", "sinusoid_positions", "layer_norm", "frame_mask",
            "conformer_block", "front", "INPUT_FEATS", "INPUT_HIDDEN", "INPUT_COUNT", "OUTPUT_HIDDEN",
            "OUTPUT_LOGITS"]

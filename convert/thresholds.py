@@ -22,12 +22,6 @@ from eeasr.metrics import _counts
 DEVICE_MEASURES = {"entropy": frame_entropy, "nonblank_entropy": nonblank_entropy}
 
 
-def log_softmax(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float32)
-    m = x.max(axis=-1, keepdims=True)
-    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
-
-
 def _select(values: np.ndarray, threshold: float) -> np.ndarray:
     """Per utterance, the first exit whose measure <= threshold, else the last. values [N, E]."""
     passes = values <= threshold
@@ -73,4 +67,4 @@ def calibrate(logps: list[list[np.ndarray]], texts: list[str], decode: Any, exit
     return out
 
 
-__all__ = ["calibrate", "log_softmax", "DEVICE_MEASURES"]
+__all__ = ["calibrate", "DEVICE_MEASURES"]

@@ -5,9 +5,8 @@
 buffered: the spans are the same as `window_spans` on the utterance's energies, cut by cut, and the
 device holds at most W + 1 frames (plus what one push adds).
 
-`frame_energy` is the energy the cuts compare, defined so that it does not depend on how many frames are
-computed together (numpy's float32 mean sums a lone row and a block of rows in different orders) and is
-reproduced exactly in C: the float32 log-mel values summed in double in bin order, divided by n_mels.
+The energy the cuts compare is `eeasr.windows.frame_energy` (a numpy float32 mean would sum a lone row and a
+block of rows in different orders, so streaming and whole-utterance cuts could differ).
 """
 
 from __future__ import annotations
@@ -16,16 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from eeasr.windows import DEFAULT_SEARCH
-
-
-def frame_energy(logmel: np.ndarray) -> np.ndarray:
-    """Mean log-mel of each frame [T, n_mels] -> float64 [T]: a double sum in bin order, then / n_mels."""
-    lm = np.asarray(logmel, np.float32)
-    acc = np.zeros(lm.shape[0], np.float64)
-    for j in range(lm.shape[1]):
-        acc += lm[:, j]
-    return acc / lm.shape[1]
+from eeasr.windows import DEFAULT_SEARCH, frame_energy
 
 
 @dataclass
@@ -83,4 +73,4 @@ class StreamingWindows:
         return last
 
 
-__all__ = ["StreamingWindows", "Window", "frame_energy"]
+__all__ = ["StreamingWindows", "Window", "frame_energy"]  # frame_energy re-exported from eeasr.windows

@@ -42,3 +42,23 @@ def small_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
         run = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
         assert run.returncode == 0, f"{cmd[:3]} failed:\n{run.stdout[-2000:]}\n{run.stderr[-3000:]}"
     return out
+
+
+@pytest.fixture(scope="session")
+def default_bundle_k2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled default model (models/default) converted with EXITS=2 by the real `eeasr-convert` in a
+    subprocess (1-3 minutes): what `eeasr-host stream` runs by default. For checks that need a trained model."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+
+    for mod in ("torch", "tensorflow", "tflite_micro", "onnxruntime"):
+        if importlib.util.find_spec(mod) is None:
+            pytest.skip(f"{mod} is not installed (the convert extra builds bundles)")
+    model = Path(__file__).resolve().parent.parent / "models" / "default"
+    out = tmp_path_factory.mktemp("default-bundle") / "exits2"
+    cmd = [str(Path(sys.executable).parent / "eeasr-convert"), str(model), "--exits", "2", "--out", str(out)]
+    run = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert run.returncode == 0, f"eeasr-convert failed:\n{run.stdout[-2000:]}\n{run.stderr[-3000:]}"
+    return out

@@ -79,7 +79,7 @@ def test_bundle_written_and_reloaded(bundle_dir: Path, checkpoint: Path) -> None
 
 
 def test_boundaries_agree_or_are_requantized(bundle_dir: Path) -> None:
-    from eeasr.convert.tflm import TFLMSegment
+    from eeasr.tflm import TFLMSegment
 
     b = load_bundle(bundle_dir)
     (bd,) = b.boundaries
@@ -87,7 +87,7 @@ def test_boundaries_agree_or_are_requantized(bundle_dir: Path) -> None:
     src, dst = QParams.from_dict(bd["from_q"]), QParams.from_dict(bd["to_q"])
     assert bd["requantize"] == (src != dst)
     # the recorded arena is the smallest TFLM accepts (16-byte steps)
-    from eeasr.convert.tflm import TFLMError
+    from eeasr.tflm import TFLMError
 
     for s in b.segments:
         a = s["arena"]
@@ -111,8 +111,8 @@ def test_boundaries_agree_or_are_requantized(bundle_dir: Path) -> None:
 def test_simulated_device_and_server_from_the_bundle_alone(bundle_dir: Path, checkpoint: Path) -> None:
     """Features -> int8 (manifest qparams) -> TFLM seg1 -> requantize -> TFLM seg2 -> dequantized handoff ->
     server ONNX: every exit agrees with the float torch model."""
-    from eeasr.convert.server import ServerModel
-    from eeasr.convert.tflm import TFLMSegment
+    from eeasr.server_model import ServerModel
+    from eeasr.tflm import TFLMSegment
     from eeasr.train.checkpoint import load_checkpoint
 
     b = load_bundle(bundle_dir)
@@ -144,8 +144,108 @@ def test_simulated_device_and_server_from_the_bundle_alone(bundle_dir: Path, che
     assert (agree / total).min() >= 0.8, agree / total
 
 
+def test_device_program_is_the_chain_the_bundle_describes(bundle_dir: Path) -> None:
+    """eeasr.device_program on the bundle alone equals the chain written out by hand (features quantized with
+    seg1's input, TFLM by name, requantize at the boundary), bit for bit; stop/upto end it early; the server
+    model loads from the bundle and takes the handoff."""
+    from dataclasses import replace
+
+    from eeasr.device_program import DeviceProgram, encoder_frames, stage_input
+    from eeasr.exits import log_softmax
+    from eeasr.server_model import ServerModel
+    from eeasr.tflm import TFLMSegment
+
+    b = load_bundle(bundle_dir)
+    program = DeviceProgram.from_bundle(b)
+    assert [s.name for s in program.stages] == ["seg1", "seg2"] and program.window == W
+    assert program.feats_qparams == b.input_qparams("seg1", "feats")
+    assert [s.segment.arena for s in program.stages] == [s["arena"]["bytes"] for s in b.segments]
+    segs = {s["name"]: TFLMSegment(b.segment_bytes(s["name"]), s["arena"]["bytes"], s["name"]) for s in b.segments}
+    bd = b.boundaries[0]
+    src, dst = QParams.from_dict(bd["from_q"]), QParams.from_dict(bd["to_q"])
+    server = ServerModel.from_bundle(b)
+    rng = np.random.default_rng(7)
+    for n in (1, W // 4, 37, W):
+        feats = rng.standard_normal((n, 80)).astype(np.float32)
+        x_q, n_valid = program.quantize_features(feats)
+        x = np.zeros((1, W, 80), np.float32)
+        x[0, :n] = feats
+        assert n_valid == n and np.array_equal(x_q, quantize(x, b.input_qparams("seg1", "feats")))
+        o1 = segs["seg1"].run({"feats": x_q, "n_frames": np.array([n], np.int32)})
+        o2 = segs["seg2"].run({"hidden_in": requantize(o1["hidden"], src, dst), "n_frames": np.array([n], np.int32)})
+        out = program.run(x_q, n)
+        t = encoder_frames(n)
+        assert out.encoder_frames == t == -(-n // 4) and [e.index for e in out.exits] == [1, 2]
+        for e, o, name in zip(out.exits, (o1, o2), ("seg1", "seg2")):
+            assert e.logits_q.dtype == np.int8 and np.array_equal(e.logits_q, o["logits"][0, :t])
+            assert e.qparams == b.output_qparams(name, "logits")
+            assert np.array_equal(e.logits, dequantize(o["logits"][0, :t], e.qparams))
+            assert np.allclose(np.exp(e.log_probs()).sum(-1), 1, atol=1e-5)
+            assert np.array_equal(e.log_probs(), log_softmax(e.logits))
+        assert np.array_equal(out.hidden_q, o2["hidden"][0, :t]) and out.hidden_qparams == b.handoff_qparams()
+        assert out.hidden_layer == 2 and out.hidden.shape == (t, 32)
+        srv = server(out.hidden[None], np.array([t]))
+        assert sorted(srv) == ["logp_exit3", "logp_exit4"] and srv["logp_exit3"].shape[:2] == (1, t)
+    # the device's exit decision ends the program; so does upto
+    early = program.run(x_q, n, stop=lambda e: e.index == 1)
+    assert early.stopped_at == 1 and len(early.steps) == 1 and np.array_equal(early.hidden_q, o1["hidden"][0, :t])
+    assert program.run(x_q, n, upto=1).stopped_at == 1
+    # a boundary whose ends differ goes through eeasr.bundle.requantize, the device's function
+    other = replace(program.stages[1], requant_from=QParams(src.scale * 1.7, src.zero_point + 3))
+    raw = rng.integers(-128, 128, (1, W // 4, 32)).astype(np.int8)
+    assert other.requantizes
+    assert np.array_equal(stage_input(other, raw), requantize(raw, other.requant_from, dst))
+    with pytest.raises(ValueError, match="expected"):
+        program.quantize_features(np.zeros((W + 1, 80), np.float32))
+
+
+def test_device_program_refuses_a_manifest_its_segments_contradict(bundle_dir: Path, tmp_path: Path) -> None:
+    from eeasr.device_program import DeviceProgram
+
+    other = tmp_path / "copy"
+    shutil.copytree(bundle_dir, other)
+    m = json.loads((other / "manifest.json").read_text())
+    m["device"]["segments"][1]["inputs"]["hidden_in"]["scale"] *= 2  # manifest.json is not in its own hash list
+    (other / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match=r"seg2.tflite: input hidden_in is quantized .* in the file but .* in the "
+                                          r"manifest; reconvert"):
+        DeviceProgram.from_bundle(load_bundle(other))
+
+
+def test_corrupt_segment_in_a_bundle_is_a_clear_error(bundle_dir: Path, tmp_path: Path) -> None:
+    """A damaged .tflite: the bundle's hashes refuse it; loaded without them, the runner refuses it before TFLM
+    (in this process: no crash)."""
+    from eeasr.device_program import DeviceProgram
+    from eeasr.tflm import CorruptModelError
+
+    other = tmp_path / "copy"
+    shutil.copytree(bundle_dir, other)
+    seg = other / "segments" / "seg2.tflite"
+    seg.write_bytes(seg.read_bytes()[:-40])
+    with pytest.raises(BundleError, match="seg2.tflite has sha256"):
+        DeviceProgram.from_bundle(load_bundle(other))
+    with pytest.raises(CorruptModelError, match=r"segments/seg2.tflite: corrupt TFLite flatbuffer"):
+        DeviceProgram.from_bundle(load_bundle(other, verify_files=False))
+
+
+def test_refused_op_fails_the_conversion_naming_op_and_layer(checkpoint: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """An (op, dtype) pair missing from the esp-tflite-micro table fails `eeasr-convert`, naming op and layer."""
+    from eeasr.convert import esp_ops
+
+    monkeypatch.delitem(esp_ops.SUPPORTED, ("BATCH_MATMUL", "INT8", "INT8"))
+    out = tmp_path / "never"
+    res = CliRunner().invoke(cli, [str(checkpoint), "--exits", "1", "--out", str(out), "--calibration-windows", "4"])
+    assert res.exit_code == 1, res.output
+    assert (f"conversion failed: segment seg1 (blocks 1-1, exit 1, int8 activations): " in res.output
+            and f"not implemented by esp-tflite-micro {esp_ops.ESP_TFLITE_MICRO_VERSION}" in res.output), res.output
+    assert "BATCH_MATMUL INT8->INT8 (layer '" in res.output
+    assert not out.exists() and not list(tmp_path.glob(".never*"))
+
+
 def test_server_onnx_matches_torch(bundle_dir: Path, checkpoint: Path) -> None:
-    from eeasr.convert.server import ServerModel, server_module
+    from eeasr.convert.server import server_module
+    from eeasr.server_model import ServerModel
     from eeasr.train.checkpoint import load_checkpoint
 
     b = load_bundle(bundle_dir)
@@ -236,15 +336,30 @@ def test_bundle_mismatch_and_corruption_are_refused(bundle_dir: Path, tmp_path: 
     assert res.exit_code != 0 and "seg1.tflite is missing" in res.output
 
 
-def test_agreement_gate_fails_with_a_clear_message(checkpoint: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("gate", ["--min-cosine", "--min-agreement"])
+def test_agreement_gate_fails_with_a_clear_message(checkpoint: Path, tmp_path: Path, gate: str) -> None:
     out = tmp_path / "never"
     res = CliRunner().invoke(cli, [str(checkpoint), "--exits", "1", "--out", str(out), "--calibration-windows", "8",
-                                   "--min-cosine", "1.01"])
+                                   gate, "1.01"])
     assert res.exit_code == 1
     assert "conversion failed: int8 segments under TFLM disagree with the float model" in res.output
-    assert "seg1 at T_valid=16 feature frames: hidden-state cosine" in res.output
-    assert "(required >= 1.01)" in res.output
+    what = "hidden-state cosine" if gate == "--min-cosine" else "exit argmax agreement"
+    for t in (W // 4, W // 2, W):  # every T_valid is measured and named
+        assert f"seg1 at T_valid={t} feature frames: hidden-state cosine" in res.output
+    assert f"{what} " in res.output and "(required >= 1.01)" in res.output
     assert not out.exists() and not list(tmp_path.glob(".never*"))  # nothing half-written
+
+
+def test_agreement_gate_passes_what_meets_the_thresholds() -> None:
+    from eeasr.convert.segments import AgreementError, gate_agreement
+
+    m = {"seg1": {"150": {"hidden_cos": 0.99, "argmax_agree": 0.9}},
+         "seg2": {"150": {"hidden_cos": 0.99, "argmax_agree": 0.84}, "600": {"hidden_cos": 0.97, "argmax_agree": 0.9}}}
+    gate_agreement({"seg1": m["seg1"]}, 0.98, 0.85)
+    with pytest.raises(AgreementError) as e:
+        gate_agreement(m, 0.98, 0.85)
+    lines = [ln for ln in str(e.value).splitlines() if ln.startswith("  ")]
+    assert len(lines) == 2 and "seg2 at T_valid=150" in lines[0] and "seg2 at T_valid=600" in lines[1]
 
 
 def test_cli_arguments() -> None:
@@ -259,3 +374,31 @@ def test_bundle_reader_needs_no_torch_or_tensorflow() -> None:
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'tensorflow', 'tflite_micro')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_int8_wer_bench_runs_on_a_bundle_with_every_exit(checkpoint: Path, bundle_dir: Path, tiny_corpus: Path,
+                                                         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench/int8_wer.py end to end on the tiny corpus: int8 (TFLM, device program) and float WER per exit."""
+    import csv
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("int8_wer", Path(__file__).parent.parent / "bench" / "int8_wer.py")
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "int8_wer", bench)  # its dataclasses look their module up
+    spec.loader.exec_module(bench)
+    args = ["--model", str(checkpoint), "--manifest", str(tiny_corpus / "manifest.jsonl"), "--limit", "3",
+            "--no-progress"]
+    with pytest.raises(SystemExit, match="EXITS=2, this benchmark needs every exit on the device"):
+        bench.main([*args, "--bundle", str(bundle_dir), "--out", str(tmp_path / "never")])
+    every = tmp_path / "exits4"
+    res = CliRunner().invoke(cli, [str(checkpoint), "--exits", "4", "--out", str(every), "--calibration-windows", "8"])
+    assert res.exit_code == 0, res.output
+    bench.main([*args, "--bundle", str(every), "--out", str(tmp_path / "out")])
+    rows = list(csv.DictReader((tmp_path / "out" / "int8_wer.csv").open()))
+    assert [(r["exit"], r["layer"]) for r in rows] == [("1", "1"), ("2", "2"), ("3", "3"), ("4", "4")]
+    assert all(0.0 <= float(r["frame_argmax_agreement"]) <= 1.0 for r in rows)
+    text = (tmp_path / "out" / "int8_wer.md").read_text()
+    assert "a fixed subset of 3 of the" in text and "| 4 (4) |" in text
+    assert (tmp_path / "out" / "int8_wer.png").stat().st_size > 0
+    hyps = list(csv.reader((tmp_path / "out" / "int8_wer_hyps.csv").open()))
+    assert len(hyps) == 4 and hyps[0][3:5] == ["float_exit1", "int8_exit1"]

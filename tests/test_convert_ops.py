@@ -5,6 +5,7 @@ counts what the graph computes, and thresholds are calibrated as specified."""
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -16,8 +17,8 @@ pytest.importorskip("tflite_micro")
 from eeasr.convert.esp_ops import (ESP_TFLITE_MICRO_VERSION, SUPPORTED, OpUse, UnsupportedOpError,  # noqa: E402
                                    check_ops, kernel_for)
 from eeasr.convert.tf_model import set_full_integer  # noqa: E402
-from eeasr.convert.tflm import (CorruptModelError, TFLMSegment, op_uses, smallest_arena,  # noqa: E402
-                                verify_tflite)
+from eeasr.convert.tflm import op_uses  # noqa: E402
+from eeasr.tflm import CorruptModelError, TFLMSegment, smallest_arena, verify_tflite  # noqa: E402
 
 
 def tiny_tflite(body, activations: str = "int8", n: int = 16) -> bytes:  # noqa: ANN001
@@ -96,11 +97,18 @@ def test_int16_segment_reports_why_it_cannot_be_built() -> None:
         convert_segment(model, SegmentPlan(1, 0, 1, True, 1, 1), 16, reps, "int16")
 
 
-@pytest.mark.parametrize("damage", ["truncate", "garble", "identifier", "empty"])
-def test_corrupt_tflite_is_refused_before_tflm(dense_relu: bytes, damage: str) -> None:
+@pytest.mark.parametrize("litert", [True, False], ids=["litert-verifier", "host-install"])
+@pytest.mark.parametrize("damage", ["truncate", "tail", "garble", "identifier", "empty"])
+def test_corrupt_tflite_is_refused_before_tflm(dense_relu: bytes, damage: str, litert: bool,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """With LiteRT's verifier (the converter) and without it (a host install has only tflite-micro)."""
+    if not litert:
+        monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)  # import raises ImportError
     data = bytearray(dense_relu)
     if damage == "truncate":
         data = data[: len(data) // 2]
+    elif damage == "tail":
+        data = data[:-8]
     elif damage == "garble":
         data[64:400] = bytes(range(256)) + bytes(80)
     elif damage == "identifier":

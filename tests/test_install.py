@@ -14,7 +14,8 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 SHARED = ["eeasr", "eeasr.features", "eeasr.text", "eeasr.tokenizer", "eeasr.metrics", "eeasr.audio",
-          "eeasr.manifest", "eeasr.testvectors", "eeasr.bundle", "eeasr.exits", "eeasr.windows"]
+          "eeasr.manifest", "eeasr.testvectors", "eeasr.bundle", "eeasr.exits", "eeasr.windows",
+          "eeasr.tflm", "eeasr.server_model", "eeasr.device_program"]
 HEAVY = re.compile(r"^(torch|tensorflow.*|nvidia-.*)$")
 # What pip prints (with -vv) when it cannot reach an index at all.
 NETWORK_ERRORS = ("connection error", "Failed to establish a new connection", "Temporary failure in name resolution",
@@ -47,8 +48,23 @@ def test_host_install_pulls_neither_torch_nor_tensorflow(tmp_path: Path):
         pytest.fail(f"pip could not resolve the [host] install:\n{run.stderr[-3000:]}")
     installs = json.loads(report.read_text())["install"]
     names = {item["metadata"]["name"].lower().replace("_", "-") for item in installs}
-    assert "eeasr" in names and {"numpy", "soundfile", "pyserial", "sounddevice"} <= names
+    assert "eeasr" in names and {"numpy", "soundfile", "pyserial", "sounddevice", "tflite-micro", "onnxruntime"} <= names
     assert not {n for n in names if HEAVY.match(n)}, sorted(names)
+
+
+def test_host_runtimes_run_without_torch_or_tensorflow():
+    """The simulated device's and the server's runners load their runtimes (tflite-micro, onnxruntime) in a
+    process where torch and tensorflow cannot be imported."""
+    pytest.importorskip("tflite_micro")
+    pytest.importorskip("onnxruntime")
+    code = ("import sys\n"
+            "for m in ('torch', 'tensorflow'): sys.modules[m] = None  # importing them now raises ImportError\n"
+            "from tflite_micro.python.tflite_micro import runtime\n"
+            "import onnxruntime\n"
+            "import eeasr.tflm, eeasr.server_model, eeasr.device_program\n"
+            "print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
 
 
 @pytest.mark.parametrize("script", ["eeasr-data", "eeasr-train", "eeasr-convert", "eeasr-host"])

@@ -13,8 +13,9 @@ tf = pytest.importorskip("tensorflow")
 torch = pytest.importorskip("torch")
 
 from eeasr.convert.tf_model import (  # noqa: E402
-    INPUT_COUNT, INPUT_FEATS, INPUT_HIDDEN, OUTPUT_HIDDEN, OUTPUT_LOGITS, convert_int8, op_dtypes, tensor_names,
+    INPUT_COUNT, INPUT_FEATS, INPUT_HIDDEN, OUTPUT_HIDDEN, OUTPUT_LOGITS, convert_int8, op_dtypes,
     torch_to_tf_segment)
+from eeasr.tflm import tensor_names  # noqa: E402
 from eeasr.train.config import ModelConfig  # noqa: E402
 from eeasr.train.model import EarlyExitConformer, subsampled_lengths  # noqa: E402
 

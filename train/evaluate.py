@@ -22,7 +22,7 @@ from eeasr.features import log_mel
 from eeasr.manifest import Utterance
 from eeasr.metrics import bootstrap_interval, error_rate, wer
 from eeasr.train.checkpoint import Checkpoint
-from eeasr.windows import window_spans
+from eeasr.windows import frame_energy, window_spans
 
 MEASURES = ("entropy", "nonblank_entropy", "posterior")
 
@@ -67,9 +67,9 @@ class UttResult:
 
 
 def _windows(ck: Checkpoint, pcm: np.ndarray) -> list[np.ndarray]:
-    feats = ck.norm.apply(log_mel(pcm, ck.features))
-    energy = feats.mean(axis=1)
-    return [feats[a:b] for a, b in window_spans(energy, ck.cfg.data.window)]
+    logmel = log_mel(pcm, ck.features)
+    feats = ck.norm.apply(logmel)
+    return [feats[a:b] for a, b in window_spans(frame_energy(logmel), ck.cfg.data.window)]
 
 
 @torch.no_grad()

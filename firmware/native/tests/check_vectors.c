@@ -1,21 +1,26 @@
 /* The C core against the Python reference's test vectors.
 
-   usage: check_vectors FEATURES.eefv EXITS.eexv
+   usage: check_vectors FEATURES.eefv EXITS.eexv PROTOCOL.eepv
    FEATURES.eefv: `eeasr-data vectors` (format in eeasr/testvectors.py and docs/features.md).
    EXITS.eexv:    firmware/native/exit_vectors.py (format in its docstring).
+   PROTOCOL.eepv: firmware/native/protocol_vectors.py (format in its docstring).
 
    Per feature case: the streamed log-mel (also pushed in odd chunk sizes, which must give the same bits) is
    within the float32 tolerances of docs/features.md; int8 from the stored log-mel equals the stored int8 bit
    for bit; int8 from the C log-mel differs by at most 1, and only where the reference's z / scale lies within
    the log-mel tolerance of a rounding boundary (counted and reported). Per exit case: log-softmax, entropies
-   and greedy CTC of the int8 logits equal the reference within float32 tolerance (tokens exactly). */
+   and greedy CTC of the int8 logits equal the reference within float32 tolerance (tokens exactly). Per
+   frame: a valid one decodes, and its message packs and encodes back to the reference's bytes; a broken one
+   is refused for the expected reason. Per endpoint case: the same events and the same final floor (bits). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "eeasr_core/endpoint.h"
 #include "eeasr_core/exits.h"
 #include "eeasr_core/features.h"
+#include "eeasr_core/protocol.h"
 #include "eeasr_core/quant.h"
 
 #pragma GCC diagnostic ignored "-Wdouble-promotion" /* reports and error bounds are in double */
@@ -309,13 +314,97 @@ static void check_exits(const char *path) {
     free(r.data);
 }
 
+static void check_frame(const char *name, int32_t reason, const unsigned char *wire, size_t n) {
+    static uint8_t rx[EEASR_MAX_ENCODED], payload[EEASR_MAX_PAYLOAD], again[EEASR_MAX_ENCODED];
+    eeasr_decoder d;
+    eeasr_decoder_init(&d, rx, sizeof rx);
+    eeasr_decoded ev;
+    size_t used = 0;
+    if (!eeasr_decoder_feed(&d, wire, n, &used, &ev) || used != n) {
+        FAIL("%s: no frame or rejection after %zu of %zu bytes", name, used, n);
+        return;
+    }
+    if ((int32_t)ev.reason != reason) {
+        FAIL("%s: reason %d (%s), the reference's is %d (%s)", name, (int)ev.reason, eeasr_reason_str(ev.reason),
+             (int)reason, eeasr_reason_str((eeasr_reason)reason));
+        return;
+    }
+    if (ev.n_bytes != (reason == EEASR_TOO_LONG ? n - 1 : n)) FAIL("%s: %zu wire bytes counted", name, ev.n_bytes);
+    if (reason != EEASR_OK) return;
+    size_t k = 0, m = 0;
+    eeasr_reason r = eeasr_pack_message(&ev.msg, payload, sizeof payload, &k);
+    if (r == EEASR_OK) r = eeasr_encode(ev.msg.type, ev.msg.seq, payload, k, again, sizeof again, &m);
+    if (r != EEASR_OK)
+        FAIL("%s: cannot encode it again: %s", name, eeasr_reason_str(r));
+    else if (m != n || memcmp(again, wire, n) != 0)
+        FAIL("%s: encodes to %zu bytes that differ from the reference's %zu", name, m, n);
+}
+
+static void check_endpoint(const char *name, const int16_t *pcm, size_t n, size_t chunk, reader *r) {
+    eeasr_endpointer ep;
+    eeasr_endpointer_init(&ep);
+    eeasr_ep_event *got = xmalloc((n / EEASR_EP_HOP + 2) * sizeof *got);
+    size_t k = 0;
+    for (size_t at = 0; at < n; at += chunk) {
+        size_t take = chunk < n - at ? chunk : n - at;
+        k += eeasr_endpointer_push(&ep, pcm + at, take, got + k, EEASR_EP_MAX_EVENTS(take), NULL);
+    }
+    double floor = ep.floor;
+    k += (size_t)eeasr_endpointer_flush(&ep, got + k);
+    uint32_t n_events = u32(r);
+    if (n_events != k) FAIL("%s: %zu events, the reference has %u", name, k, n_events);
+    for (uint32_t i = 0; i < n_events; i++) {
+        int32_t kind = i32(r);
+        uint64_t lo = u32(r), hi = u32(r), sample = lo | hi << 32;
+        if (i < k && (got[i].kind != kind || got[i].sample != sample))
+            FAIL("%s: event %u is %d at %llu, the reference's %d at %llu", name, i, (int)got[i].kind,
+                 (unsigned long long)got[i].sample, (int)kind, (unsigned long long)sample);
+    }
+    double want = f64(r);
+    if (memcmp(&floor, &want, sizeof floor) != 0) FAIL("%s: floor %.17g, the reference's %.17g", name, floor, want);
+    printf("  %-26s %7zu samples in chunks of %-6zu %zu events\n", name, n, chunk, k);
+    free(got);
+}
+
+static void check_protocol(const char *path) {
+    reader r = open_file(path);
+    if (memcmp(take(&r, 4), "EEPV", 4) != 0 || u32(&r) != 1) {
+        fprintf(stderr, "%s: not an EEPV version 1 file\n", path);
+        exit(2);
+    }
+    uint32_t n_frames = u32(&r), n_endpoint = u32(&r), valid = 0;
+    for (uint32_t c = 0; c < n_frames; c++) {
+        char name[33] = {0};
+        memcpy(name, take(&r, 32), 32);
+        int32_t reason = i32(&r);
+        uint32_t n = u32(&r);
+        check_frame(name, reason, take(&r, n), n);
+        valid += reason == EEASR_OK;
+    }
+    printf("protocol: %u frames (%u valid, byte-identical when re-encoded; %u refused for the reference's reason)\n",
+           n_frames, valid, n_frames - valid);
+    for (uint32_t c = 0; c < n_endpoint; c++) {
+        char name[33] = {0};
+        memcpy(name, take(&r, 32), 32);
+        uint32_t n = u32(&r), chunk = u32(&r);
+        const unsigned char *raw = take(&r, 2 * (size_t)n);
+        int16_t *pcm = xmalloc(2 * (size_t)n);
+        for (uint32_t i = 0; i < n; i++) pcm[i] = (int16_t)(raw[2 * i] | raw[2 * i + 1] << 8);
+        check_endpoint(name, pcm, n, chunk, &r);
+        free(pcm);
+    }
+    if (r.pos != r.size) FAIL("%s: %zu trailing bytes", path, r.size - r.pos);
+    free(r.data);
+}
+
 int main(int argc, char **argv) {
-    if (argc != 3) {
-        fprintf(stderr, "usage: %s FEATURES.eefv EXITS.eexv\n", argv[0]);
+    if (argc != 4) {
+        fprintf(stderr, "usage: %s FEATURES.eefv EXITS.eexv PROTOCOL.eepv\n", argv[0]);
         return 2;
     }
     check_features(argv[1]);
     check_exits(argv[2]);
+    check_protocol(argv[3]);
     printf(g_failures ? "vector check: %d failures\n" : "vector check: passed\n", g_failures);
     return g_failures ? 1 : 0;
 }

@@ -7,31 +7,13 @@
 #include "eeasr_core/features.h"
 #include "eeasr_core/fft.h"
 #include "eeasr_core/quant.h"
+#include "check.h"
 
 /* -Wdouble-promotion guards the core's float32 path; tests compare with double references on purpose. */
 #pragma GCC diagnostic ignored "-Wdouble-promotion"
 
-static int g_checks, g_failures;
-
-#define CHECK(cond, ...)                                                              \
-    do {                                                                              \
-        g_checks++;                                                                   \
-        if (!(cond)) {                                                                \
-            g_failures++;                                                             \
-            fprintf(stderr, "%s:%d: CHECK(%s) failed: ", __FILE__, __LINE__, #cond); \
-            fprintf(stderr, __VA_ARGS__);                                             \
-            fputc('\n', stderr);                                                      \
-        }                                                                             \
-    } while (0)
-
 static const double kPi = 3.14159265358979323846;
 
-/* Deterministic pseudo-random numbers (no libc rand: same values everywhere). */
-static uint32_t g_rng = 12345u;
-static uint32_t next_u32(void) {
-    g_rng = g_rng * 1664525u + 1013904223u;
-    return g_rng;
-}
 static float uniform(void) { return (float)(next_u32() >> 8) / 16777216.0f * 2.0f - 1.0f; }
 
 static eeasr_logmel_tables g_tables; /* static: ~6 KB, initialised once */
