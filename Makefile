@@ -11,7 +11,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 # PortAudio and a user-run PulseAudio for the microphone path (and its test).
 APT_PACKAGES := espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts \
 	fortunes fortune-mod wordnet-base diatheke sword-text-web jargon-text flac pocketsphinx-testdata \
-	build-essential libportaudio2 pulseaudio pulseaudio-utils
+	build-essential libportaudio2 libasound2-plugins pulseaudio pulseaudio-utils
 
 .PHONY: help setup apt-deps demo data train model bench firmware-check test clean-venv
 

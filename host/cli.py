@@ -79,10 +79,13 @@ def serve(bundle_dir: str, host: str, port: int, token: str | None, batch_wait_m
 @click.option("--threshold", type=float, default=None,
               help="Answer at an exit when its measure is <= this [default: the bundle's calibrated threshold].")
 @click.option("--baudrate", default=921600, type=click.IntRange(1), help="For a serial device.")
+@click.option("--core", type=click.Choice(["c", "python"]), default="c",
+              help="`c`: features, exit policy, framing and endpointing by the firmware's own C code "
+                   "(firmware/components/eeasr_core, built with gcc on first use); `python`: the Python reference.")
 @click.option("--exit-with-parent", is_flag=True,
               help="Stop when the process that started this one ends (how `eeasr-host stream` runs it).")
 @click.option("-v", "--verbose", is_flag=True, help="Log every utterance and window to stderr.")
-def device_sim(bundle_dir: str, port: str, measure: str | None, threshold: float | None, baudrate: int,
+def device_sim(bundle_dir: str, port: str, measure: str | None, threshold: float | None, baudrate: int, core: str,
                exit_with_parent: bool, verbose: bool) -> None:
     """Run the simulated device: the ESP32-S3 firmware's behaviour over a serial line (docs/protocol.md).
 
@@ -96,7 +99,7 @@ def device_sim(bundle_dir: str, port: str, measure: str | None, threshold: float
     from eeasr.host.device_sim import PortClosed, run_device_sim
 
     try:
-        run_device_sim(bundle_dir, port, measure, threshold, baudrate, exit_with_parent, verbose)
+        run_device_sim(bundle_dir, port, measure, threshold, baudrate, exit_with_parent, verbose, core)
     except (BundleError, PortClosed, ValueError, RuntimeError) as e:
         raise click.ClickException(str(e).splitlines()[0]) from None
     except KeyboardInterrupt:
@@ -198,12 +201,14 @@ def stream(wavs: tuple[Path, ...], mic: bool, mic_device: str | None, utterances
       eeasr-host stream --mic
       eeasr-host stream --mic --device /dev/ttyACM0 --server http://gpu-box:8750 --token $EEASR_TOKEN
 
-    Exit status: 0 all answered; 1 some input files could not be read (the others ran); 3 some handoffs
-    were never answered by the server (the device's answers stand; the log says which).
+    Exit status: 0 all answered; 1 some input files could not be read (the others ran); 3 the server never
+    answered or refused some handoffs (the device's answers stand; the log says which and why).
     """
     from eeasr.host.stream import StreamError, StreamOptions, run_stream
 
     extra = [Path(a) for a in click.get_current_context().args]
+    if mic == bool(wavs or extra):
+        raise click.UsageError("give either --mic or --wav FILE...")
     opts = StreamOptions(wavs=[*wavs, *extra], mic=mic, mic_device=_device_arg(mic_device), device=device,
                          simulate=simulate, bundle=bundle_dir, server=server, token=token, log=log_path, refs=refs,
                          retry_for=retry_for, server_timeout=server_timeout, utterances=utterances)

@@ -1,11 +1,13 @@
 """The simulated device's answers to COMMAND SELF_TEST and PROFILE (INFO JSON, docs/protocol.md).
 
-SELF_TEST: bundles ship no golden vectors (yet), so the device checks each of its seams against the Python
-reference on deterministic signals (eeasr/testvectors.py): the feature front end (int8 frames and energies
-vs log_mel + normalization + the contract's quantizer), the segments (two runs of every segment on the same
-window must agree bit for bit: a TFLM arena that overlaps itself does not), the exit policy (measure and
-greedy tokens vs eeasr/exits.py) and the framing (bytes vs eeasr/protocol.py, both ways). With the Python
-seams every error is 0; the checks matter once the firmware's C code sits behind a seam.
+SELF_TEST: the device checks each of its seams against the Python reference on deterministic signals
+(eeasr/testvectors.py): the feature front end (int8 frames and energies vs log_mel + normalization + the
+contract's quantizer), the segments (two runs of every segment on the same window must agree bit for bit: a
+TFLM arena that overlaps itself does not), the exit policy (measure and greedy tokens vs eeasr/exits.py), the
+framing (bytes vs eeasr/protocol.py, both ways) and the endpointer (events and noise floor vs
+eeasr/endpoint.py). With the Python seams every error is 0; with the firmware's C core (the default) the
+float32 front end may put a value 1 LSB away where it lies within float rounding of a .5 rounding boundary,
+and the float32 exit measure differs from the float64 reference by float rounding (MEASURE_TOL).
 
 PROFILE: wall time per segment under TFLM on this host (a benchmark on a full window, and the windows run so
 far), the bundle's arena sizes with TFLM's own allocation report, and the bundle's roofline estimate for the
@@ -23,6 +25,7 @@ import numpy as np
 
 from eeasr import protocol as P
 from eeasr.bundle import quantize
+from eeasr.endpoint import Endpointer
 from eeasr.exits import greedy_ctc
 from eeasr.features import FeatureConfig, NormStats, log_mel
 from eeasr.host.windows_stream import frame_energy
@@ -127,13 +130,27 @@ def _framing_check(dev: Device, x: np.ndarray, n: int) -> dict[str, Any]:
     return _check("framing", bad == 0, bad, "messages", f"{len(msgs)} messages encoded and decoded vs eeasr.protocol")
 
 
+def _endpointer_check(dev: Device, signals: dict[str, np.ndarray]) -> dict[str, Any]:
+    quiet = signals["near_silent_lsb"]
+    # two utterances, the second still open at the end of the stream (closed by flush)
+    stream = np.concatenate([quiet, quiet, signals["speech_like_am"], quiet, quiet, signals["loud_chirp_tones"]])
+    ep, ref = dev.core.endpointer(), Endpointer()
+    got = [e for i in range(0, len(stream), CHUNK) for e in ep.push(stream[i:i + CHUNK])] + [ep.flush()]
+    want = ref.push(stream) + [ref.flush()]
+    same = [(e.kind, e.sample) for e in got if e] == [(e.kind, e.sample) for e in want if e]
+    floor_error = abs(ep.floor - ref.floor)
+    return _check("endpointer", same and floor_error == 0, floor_error, "noise floor",
+                  f"{len(stream)} samples in {CHUNK}-sample chunks vs eeasr.endpoint: {sum(1 for e in want if e)} "
+                  f"events {'equal' if same else 'differ'}")
+
+
 def self_test(dev: Device) -> str:
     """INFO JSON: per check pass/fail and max error."""
     t = time.perf_counter()
     signals = _signals(FeatureConfig.from_dict(dev.bundle.manifest["features"]["config"]))
     x, n = _test_window(dev, signals)
     checks = [_features_check(dev, signals), _segments_check(dev, x, n), _policy_check(dev, x, n),
-              _framing_check(dev, x, n)]
+              _framing_check(dev, x, n), _endpointer_check(dev, signals)]
     return json.dumps({"report": "self_test", "simulated": True, "firmware": dev.hello.firmware,
                        "pass": all(c["pass"] for c in checks),
                        "golden_vectors": "none in the bundle: each seam checked against the Python reference on "

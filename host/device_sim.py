@@ -10,9 +10,12 @@ eeasr/windows.py); each window runs the bundle's segments under the real TFLM in
 device exit, RESULT with HANDED_OFF and a HANDOFF of the int8 hidden state. Every RESULT and HANDOFF that an
 AUDIO frame causes is sent before that frame's ACK, so a host that has all its ACKs has all its results.
 
-Three seams, so the firmware's own C code (firmware/components/eeasr_core) can replace the Python reference
-one at a time: `FeatureFrontEnd` (samples -> quantized frames + their energies), `ExitPolicy` (int8 logits ->
-measure, decision, greedy tokens) and `Framing` (frames <-> bytes). `python_core` builds the references.
+Four seams, filled by the firmware's own portable C (firmware/components/eeasr_core through host/ccore.py:
+`c_core`, the default) or by the Python reference (`python_core`): `FeatureFrontEnd` (samples -> quantized
+frames + their energies), `ExitPolicy` (int8 logits -> measure, decision, greedy tokens), `Framing` (frames
+<-> bytes) and the endpointer. The C seams follow firmware/main/pipeline.c step by step; the segments run
+under the tflite-micro wheel either way. The two cores answer alike up to float rounding (tests/
+test_device_sim.py states the tolerance).
 
 `serve` runs a Device on a port: a pseudo-terminal it creates (`pty`, the path printed as
 `device-sim: serial port /dev/pts/N`), a serial device path, or a pyserial URL (socket://, loop://, ...).
@@ -35,9 +38,10 @@ import numpy as np
 from eeasr import protocol as P
 from eeasr.bundle import Bundle, QParams, quantize
 from eeasr.device_program import DeviceProgram, ExitOutput, WindowOutput
-from eeasr.endpoint import HOP, PREROLL_HOPS, START_HOPS, Endpointer
-from eeasr.exits import frame_entropy, greedy_ctc, nonblank_entropy
+from eeasr.endpoint import HOP, PREROLL_HOPS, START_HOPS, Endpointer, Event
+from eeasr.exits import BLANK, frame_entropy, greedy_ctc, nonblank_entropy
 from eeasr.features import FeatureConfig, NormStats, StreamingLogMel
+from eeasr.host import ccore
 from eeasr.host.device_checks import profile, self_test
 from eeasr.host.windows_stream import StreamingWindows, Window, frame_energy
 
@@ -47,6 +51,9 @@ PREROLL = (PREROLL_HOPS + START_HOPS) * HOP   # audio kept before a speech start
 POLL_S = 1.0                             # how long a port read waits before the serve loop looks around
 MEASURES = {"entropy": P.Measure.FRAME_ENTROPY, "nonblank_entropy": P.Measure.NONBLANK_ENTROPY}  # manifest names
 MEASURE_FN = {P.Measure.FRAME_ENTROPY: frame_entropy, P.Measure.NONBLANK_ENTROPY: nonblank_entropy}
+# firmware/main/link.c's receive buffer (RX_CAP): the longest encoded frame the device takes, a full AUDIO frame
+DEVICE_RX_BYTES = P.MAX_AUDIO_SAMPLES * 2 + 2 + P.HEADER.size + P.CRC.size
+DEVICE_RX_BYTES += DEVICE_RX_BYTES // 254 + 1
 Log = Callable[[str], None]
 
 
@@ -76,6 +83,27 @@ class PyFeatures:
         return quantize(self.norm.apply(logmel), self.qparams), frame_energy(logmel)
 
 
+class CFeatures:
+    """The firmware's front end (pipeline.c utt_feed/add_frame): eeasr_core's streaming log-mel, each frame's
+    energy (the double sum in bin order pipeline.c takes, frame_energy), then normalization and int8
+    quantization in C."""
+
+    def __init__(self, cfg: FeatureConfig, norm: NormStats, qparams: QParams) -> None:
+        if qparams.dtype != "int8":
+            raise ValueError(f"the C core quantizes features to int8, segment 1 takes {qparams.dtype}")
+        self._stream = ccore.StreamingLogMel(cfg)   # ValueError for a feature config C is not compiled for
+        self.norm = norm
+        self.qparams = qparams
+
+    def reset(self) -> None:
+        self._stream.reset()
+
+    def push(self, pcm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logmel = self._stream.push(pcm)
+        q = ccore.features_int8(logmel, self.norm, self.qparams.scale, self.qparams.zero_point)
+        return q, frame_energy(logmel)
+
+
 @dataclass
 class ExitDecision:
     value: float             # the measure on the valid frames
@@ -94,14 +122,35 @@ class PyExitPolicy:
     """The reference: the measure (eeasr/exits.py) of the log-softmax of the dequantized int8 logits, over
     valid frames; confident when <= the threshold (entropies: lower is surer, the calibration's rule)."""
 
-    def __init__(self, measure: str, threshold: float | None) -> None:
+    def __init__(self, measure: str, threshold: float | None, blank: int = BLANK) -> None:
         self.measure = MEASURES[measure]
         self.threshold = threshold
+        self.blank = blank
 
     def decide(self, exit: ExitOutput) -> ExitDecision:
         logp = exit.log_probs()
-        value = MEASURE_FN[self.measure](logp)
-        return ExitDecision(value, self.threshold is not None and value <= self.threshold, greedy_ctc(logp))
+        value = (frame_entropy(logp) if self.measure == P.Measure.FRAME_ENTROPY
+                 else nonblank_entropy(logp, self.blank))
+        return ExitDecision(value, self.threshold is not None and value <= self.threshold,
+                            greedy_ctc(logp, self.blank))
+
+
+class CExitPolicy:
+    """The firmware's (pipeline.c run_window): eeasr_exit_measures_int8 on the exit's int8 logits (dequantize,
+    float32 log-softmax, entropies in float), compared in float32 with the threshold as the model image
+    stores it; greedy CTC on the int8 logits (eeasr_greedy_ctc_int8)."""
+
+    def __init__(self, measure: str, threshold: float | None, blank: int = BLANK) -> None:
+        self.measure = MEASURES[measure]
+        self.threshold = threshold
+        self.blank = blank
+
+    def decide(self, exit: ExitOutput) -> ExitDecision:
+        qp = exit.qparams
+        m = ccore.exit_measures(exit.logits_q, qp.scale, qp.zero_point, blank=self.blank)
+        value = m.entropy if self.measure == P.Measure.FRAME_ENTROPY else m.nonblank_entropy
+        sure = self.threshold is not None and np.float32(value) <= np.float32(self.threshold)
+        return ExitDecision(value, bool(sure), ccore.greedy_ctc(exit.logits_q, blank=self.blank))
 
 
 class Decoder(Protocol):
@@ -124,13 +173,35 @@ class PyFraming:
         return P.FrameDecoder()
 
 
+class CFraming:
+    """The firmware's: eeasr_core packs and frames every message; its decoder has the device's receive buffer."""
+
+    def encode(self, msg: P.Message, seq: int) -> bytes:
+        return ccore.encode_message(msg, seq)
+
+    def decoder(self) -> Decoder:
+        return ccore.FrameDecoder(DEVICE_RX_BYTES)
+
+
+class StreamEndpointer(Protocol):
+    """eeasr/endpoint.py's interface: events at hop boundaries of an int16 stream fed in any chunks."""
+    floor: float
+    in_speech: bool
+
+    def push(self, samples: np.ndarray) -> list[Event]: ...
+
+    def flush(self) -> Event | None: ...
+
+
 @dataclass
 class Core:
-    """The swappable parts of the device (`features` makes a front end: the device's, the self-test's)."""
+    """The swappable parts of the device (`features` makes a front end: the device's, the self-test's;
+    `endpointer` a fresh endpointer for each stream)."""
     features: Callable[[], FeatureFrontEnd]
     policy: ExitPolicy
     framing: Framing
-    name: str = "python reference"
+    endpointer: Callable[[], StreamEndpointer]
+    name: str
 
 
 def bundle_threshold(bundle: Bundle, measure: str | None = None) -> tuple[str, float | None]:
@@ -144,14 +215,40 @@ def bundle_threshold(bundle: Bundle, measure: str | None = None) -> tuple[str, f
     return name, (float(entry["threshold"]) if entry else None)
 
 
+def _seam_inputs(bundle: Bundle, program: DeviceProgram, measure: str | None,
+                 threshold: float | None) -> tuple[FeatureConfig, NormStats, QParams, str, float | None, int]:
+    f = bundle.manifest["features"]
+    name, calibrated = bundle_threshold(bundle, measure)
+    return (FeatureConfig.from_dict(f["config"]), NormStats.from_dict(f["norm"]), program.feats_qparams, name,
+            calibrated if threshold is None else threshold, int(bundle.manifest["model"].get("blank", BLANK)))
+
+
 def python_core(bundle: Bundle, program: DeviceProgram, measure: str | None = None,
                 threshold: float | None = None) -> Core:
     """The Python reference of every seam for `bundle`; `threshold` overrides the calibrated one."""
-    f = bundle.manifest["features"]
-    cfg, norm, qp = FeatureConfig.from_dict(f["config"]), NormStats.from_dict(f["norm"]), program.feats_qparams
-    name, calibrated = bundle_threshold(bundle, measure)
-    policy = PyExitPolicy(name, calibrated if threshold is None else threshold)
-    return Core(lambda: PyFeatures(cfg, norm, qp), policy, PyFraming())
+    cfg, norm, qp, name, th, blank = _seam_inputs(bundle, program, measure, threshold)
+    return Core(lambda: PyFeatures(cfg, norm, qp), PyExitPolicy(name, th, blank), PyFraming(), Endpointer,
+                "python reference")
+
+
+def c_core(bundle: Bundle, program: DeviceProgram, measure: str | None = None,
+           threshold: float | None = None) -> Core:
+    """Every seam from the firmware's portable C core (host/ccore.py builds libeeasr_core.so on first use).
+    Raises CCoreError when the library cannot be built or loaded, ValueError for a bundle it cannot serve."""
+    cfg, norm, qp, name, th, blank = _seam_inputs(bundle, program, measure, threshold)
+    for st in program.stages:
+        if st.out_qparams("logits").dtype != "int8":
+            raise ValueError(f"{st.name}: the C exit measures take int8 logits, the segment emits "
+                             f"{st.out_qparams('logits').dtype} (pass --core python)")
+    try:   # builds and loads the library now, and checks the feature config, before serving
+        CFeatures(cfg, norm, qp)
+    except ValueError as e:
+        raise ValueError(f"{e}: the C core cannot serve this bundle (pass --core python)") from None
+    return Core(lambda: CFeatures(cfg, norm, qp), CExitPolicy(name, th, blank), CFraming(), ccore.Endpointer,
+                "eeasr_core C")
+
+
+CORES: dict[str, Callable[..., Core]] = {"c": c_core, "python": python_core}
 
 
 # ---- the device --------------------------------------------------------------------------------------------
@@ -204,7 +301,7 @@ class Device:
 
     def _new_stream(self) -> None:
         """Forget the endpointer and the audio it held (start-up, STREAM_END, RESET)."""
-        self._ep = Endpointer()
+        self._ep = self.core.endpointer()
         self._hist = np.zeros(0, np.int16)     # the stream's samples [hist_start, pos)
         self._hist_start = 0
         self._fed = 0                          # stream samples fed to the open endpointed utterance
@@ -293,8 +390,8 @@ class Device:
                 yield from self._feed_stream(ev.sample)
                 self.log(f"utterance {self._utt.id}: speech ends at {ev.sample / self.hello.sample_rate:.2f} s")
                 yield from self._close()
-        if self._utt is not None:
-            yield from self._feed_stream(self._hist_start + len(self._hist))
+        if self._utt is not None:   # whole hops only, as the firmware: a STREAM_END never feeds a partial one
+            yield from self._feed_stream((self._hist_start + len(self._hist)) // HOP * HOP)
         keep = min(len(self._hist), PREROLL)
         self._hist_start += len(self._hist) - keep
         self._hist = self._hist[len(self._hist) - keep:]
@@ -476,16 +573,25 @@ def stderr_log(msg: str) -> None:
 
 def run_device_sim(bundle_dir: str | Path, port: str = "pty", measure: str | None = None,
                    threshold: float | None = None, baudrate: int = 921600, exit_with_parent: bool = False,
-                   verbose: bool = False) -> None:
+                   verbose: bool = False, core: str = "c") -> None:
     """`eeasr-host device-sim`: load the bundle (BundleError, TFLMError, ValueError with a one-line reason when
-    it does not), open the port, print the pty path if it made one, serve until the port closes (PortClosed)."""
+    it does not), build the `core` ("c": the firmware's eeasr_core, RuntimeError with a one-line reason when it
+    cannot be built; "python": the reference), open the port, print the pty path if it made one, serve until
+    the port closes (PortClosed)."""
     from eeasr.bundle import load_bundle
 
+    if core not in CORES:
+        raise ValueError(f"core {core!r}: choose {' or '.join(CORES)}")
     bundle = load_bundle(bundle_dir)
     program = DeviceProgram.from_bundle(bundle)
-    core = python_core(bundle, program, measure, threshold)
-    dev = Device(bundle, program, core, log=stderr_log if verbose else lambda _: None)
-    policy = core.policy
+    try:
+        seams = CORES[core](bundle, program, measure, threshold)
+    except ccore.CCoreError as e:
+        raise RuntimeError(f"the C core (firmware/components/eeasr_core) is unavailable: {str(e).splitlines()[0]}; "
+                           "install build-essential (sudo apt-get install build-essential) or pass --core python"
+                           ) from None
+    dev = Device(bundle, program, seams, log=stderr_log if verbose else lambda _: None)
+    policy = seams.policy
     name = next(k for k, v in MEASURES.items() if v == policy.measure)
     rule = (f"exit when {name} <= {policy.threshold:.4g}" + (" (--threshold)" if threshold is not None else
                                                              " (calibrated)")
@@ -493,7 +599,8 @@ def run_device_sim(bundle_dir: str | Path, port: str = "pty", measure: str | Non
     after = (f"hands off after layer {program.stages[-1].exit_layer}" if dev.hands_off
              else "no server model: the last exit answers")
     stderr_log(f"bundle {bundle.path}: model {bundle.model_hash}, bundle {bundle.bundle_id[:16]}, W={program.window} "
-               f"frames, device exits at layers {dev.hello.exit_layers} under TFLM; {rule}; {after}")
+               f"frames, device exits at layers {dev.hello.exit_layers} under TFLM; {rule}; {after}; features, exit "
+               f"policy, framing and endpointer: {seams.name}")
     p = open_port(port, baudrate)
 
     def ready() -> None:
@@ -511,7 +618,8 @@ def run_device_sim(bundle_dir: str | Path, port: str = "pty", measure: str | Non
         p.close()
 
 
-__all__ = ["Device", "Core", "FeatureFrontEnd", "PyFeatures", "ExitPolicy", "PyExitPolicy", "ExitDecision",
-           "Framing", "PyFraming", "MEASURES", "MEASURE_FN", "python_core", "bundle_threshold", "open_port", "serve",
+__all__ = ["Device", "Core", "FeatureFrontEnd", "PyFeatures", "CFeatures", "ExitPolicy", "PyExitPolicy", "CExitPolicy",
+           "ExitDecision", "Framing", "PyFraming", "CFraming", "StreamEndpointer", "MEASURES", "MEASURE_FN",
+           "python_core", "c_core", "CORES", "DEVICE_RX_BYTES", "bundle_threshold", "open_port", "serve",
            "PtyPort", "SerialPort", "PortClosed", "SegmentTimes", "run_device_sim", "MIN_WINDOW_FRAMES", "PREROLL",
            "FIRMWARE"]

@@ -207,7 +207,8 @@ def start_local_server(bundle_dir: str | Path, token: str, port: int = 0, *, bat
     fd, log_name = tempfile.mkstemp(prefix="eeasr-serve-", suffix=".log")
     env = {**os.environ, "EEASR_TOKEN": token, "PYTHONUNBUFFERED": "1"}
     with os.fdopen(fd, "wb") as log:  # a file, not a pipe: a chatty server can never block on a full pipe
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)   # the host's Ctrl-C must not stop its server mid-handoff
     server = LocalServer(proc, Path(log_name), token)
     try:
         server._wait_ready(startup_timeout)

@@ -62,3 +62,44 @@ def default_bundle_k2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert run.returncode == 0, f"eeasr-convert failed:\n{run.stdout[-2000:]}\n{run.stderr[-3000:]}"
     return out
+
+
+@pytest.fixture(scope="session")
+def bundle_reference():
+    """What a bundle answers for one utterance, computed offline: `(bundle_dir, pcm) -> [per window {"exits":
+    [greedy tokens of each device exit], "server": greedy tokens of the server's last exit}]`: the simulated
+    device's own front end (the firmware's C core, its default) cut into the contract's windows, the bundle's
+    int8 device program under TFLM and its server model under onnxruntime. A device and a server reached over
+    the wire must answer the same, token for token."""
+    import numpy as np
+
+    from eeasr.bundle import load_bundle, quantize
+    from eeasr.device_program import DeviceProgram
+    from eeasr.exits import greedy_ctc
+    from eeasr.host.device_sim import CORES
+    from eeasr.server_model import ServerModel
+    from eeasr.windows import window_spans
+
+    loaded: dict[Path, tuple] = {}
+
+    def answers(bundle_dir: Path, pcm: np.ndarray) -> list[dict]:
+        if bundle_dir not in loaded:
+            b = load_bundle(bundle_dir)
+            program = DeviceProgram.from_bundle(b)
+            outputs = b.manifest["server"]["outputs"]
+            loaded[bundle_dir] = (b, program, ServerModel.from_bundle(b), CORES["c"](b, program),
+                                  max(outputs, key=lambda name: outputs[name]["exit"]))
+        b, program, server, core, last = loaded[bundle_dir]
+        feats_q, energy = core.features().push(pcm)
+        pad = quantize(np.zeros(1, np.float32), program.feats_qparams)[0]   # padding: zeros before quantization
+        out = []
+        for start, end in window_spans(energy, b.window):
+            x = np.full((1, b.window, feats_q.shape[1]), pad, feats_q.dtype)
+            x[0, : end - start] = feats_q[start:end]
+            w = program.run(x, end - start)
+            logp = server(w.hidden[None], np.array([w.encoder_frames]))[last]
+            out.append({"exits": [greedy_ctc(e.log_probs()) for e in w.exits],
+                        "server": greedy_ctc(logp[0, : w.encoder_frames])})
+        return out
+
+    return answers

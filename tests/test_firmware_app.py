@@ -346,6 +346,34 @@ def test_firmware_hello_matches_the_protocol(small_bundle: Path, c_driver: Path,
     assert out["hello"] == [hello.pack().hex()]
 
 
+def test_generated_header_and_eeasr_core_headers_compile_together(small_bundle: Path, tmp_path: Path) -> None:
+    """The bundle's generated header beside every eeasr_core header, in either order, with -Werror: no macro of
+    one redefines one of the other's (the model's parameters are EEASR_MODEL_*); and the model's features are
+    those compiled into the C front end."""
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed (make apt-deps installs build-essential)")
+    include = FW / "components" / "eeasr_core" / "include"
+    core = "".join(f'#include "eeasr_core/{h.name}"\n' for h in sorted((include / "eeasr_core").glob("*.h")))
+    generated = '#include "eeasr_model_config.h"\n'
+    check = r"""
+_Static_assert(EEASR_MODEL_SAMPLE_RATE == EEASR_SAMPLE_RATE && EEASR_MODEL_WIN_LENGTH == EEASR_WIN_LENGTH &&
+               EEASR_MODEL_HOP_LENGTH == EEASR_HOP_LENGTH && EEASR_MODEL_N_FFT == EEASR_N_FFT &&
+               EEASR_MODEL_N_MELS == EEASR_N_MELS && EEASR_MODEL_MEASURE_NONBLANK_ENTROPY == EEASR_MEASURE_NONBLANK_ENTROPY,
+               "the model's features are not the C front end's");
+int main(void) {
+    return !(EEASR_MODEL_F_MIN == (float)EEASR_F_MIN && EEASR_MODEL_F_MAX == (float)EEASR_F_MAX &&
+             EEASR_MODEL_LOG_FLOOR == (float)EEASR_LOG_FLOOR);
+}
+"""
+    for name, order in (("core_first", core + generated), ("generated_first", generated + core)):
+        src, exe = tmp_path / f"{name}.c", tmp_path / name
+        src.write_text(order + check)
+        run = subprocess.run(["gcc", "-std=c11", "-Wall", "-Wextra", "-Werror", f"-I{include}",
+                              f"-I{small_bundle / 'firmware'}", str(src), "-o", str(exe)], capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+        assert subprocess.run([str(exe)]).returncode == 0
+
+
 def test_firmware_sources_use_only_declared_kconfig_options() -> None:
     declared = set(re.findall(r"^\s*(?:config|choice)\s+(\w+)", (MAIN / "Kconfig.projbuild").read_text(), re.M))
     used = set()
