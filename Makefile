@@ -51,12 +51,11 @@ data: setup apt-deps  ## synthesize the default corpus (HOURS=21 of training spe
 	$(VENV)/bin/eeasr-data synth --hours $(HOURS) --out $(CORPUS)
 	$(VENV)/bin/eeasr-data features --corpus $(CORPUS)
 
-train: setup  ## train the default model: stage 1 then stage 2 (configs/default*.yaml; ~3.7 h on 2 cores; rerun to resume)
+train: setup  ## train the default model (configs/default.yaml; ~2.2 h on 2 cores; rerun to resume)
 	$(VENV)/bin/eeasr-train fit --config configs/default.yaml
-	$(VENV)/bin/eeasr-train fit --config configs/default-stage2.yaml
 
 model: setup  ## evaluate the trained default run and export it to models/default
-	$(VENV)/bin/eeasr-train export $(CACHE)/runs/default-s2 --out models/default
+	$(VENV)/bin/eeasr-train export $(CACHE)/runs/default --out models/default
 	$(VENV)/bin/eeasr-train eval models/default --out models/default/results-test.md
 	$(VENV)/bin/eeasr-train eval models/default --real --out models/default/results-real.md
 	$(VENV)/bin/eeasr-train exits models/default --out models/default/exits
