@@ -587,9 +587,10 @@ def run_device_sim(bundle_dir: str | Path, port: str = "pty", measure: str | Non
     try:
         seams = CORES[core](bundle, program, measure, threshold)
     except ccore.CCoreError as e:
-        raise RuntimeError(f"the C core (firmware/components/eeasr_core) is unavailable: {str(e).splitlines()[0]}; "
-                           "install build-essential (sudo apt-get install build-essential) or pass --core python"
-                           ) from None
+        why = str(e).splitlines()[0]
+        todo = "" if "build-essential" in why else "install build-essential (sudo apt-get install build-essential) or "
+        raise RuntimeError(f"the C core (firmware/components/eeasr_core) is unavailable: {why}; {todo}pass --core "
+                           "python to run the Python reference instead") from None
     dev = Device(bundle, program, seams, log=stderr_log if verbose else lambda _: None)
     policy = seams.policy
     name = next(k for k, v in MEASURES.items() if v == policy.measure)

@@ -358,7 +358,8 @@ def test_generated_header_and_eeasr_core_headers_compile_together(small_bundle: 
     check = r"""
 _Static_assert(EEASR_MODEL_SAMPLE_RATE == EEASR_SAMPLE_RATE && EEASR_MODEL_WIN_LENGTH == EEASR_WIN_LENGTH &&
                EEASR_MODEL_HOP_LENGTH == EEASR_HOP_LENGTH && EEASR_MODEL_N_FFT == EEASR_N_FFT &&
-               EEASR_MODEL_N_MELS == EEASR_N_MELS && EEASR_MODEL_MEASURE_NONBLANK_ENTROPY == EEASR_MEASURE_NONBLANK_ENTROPY,
+               EEASR_MODEL_N_MELS == EEASR_N_MELS &&
+               EEASR_MODEL_MEASURE_NONBLANK_ENTROPY == EEASR_MEASURE_NONBLANK_ENTROPY,
                "the model's features are not the C front end's");
 int main(void) {
     return !(EEASR_MODEL_F_MIN == (float)EEASR_F_MIN && EEASR_MODEL_F_MAX == (float)EEASR_F_MAX &&
@@ -369,7 +370,8 @@ int main(void) {
         src, exe = tmp_path / f"{name}.c", tmp_path / name
         src.write_text(order + check)
         run = subprocess.run(["gcc", "-std=c11", "-Wall", "-Wextra", "-Werror", f"-I{include}",
-                              f"-I{small_bundle / 'firmware'}", str(src), "-o", str(exe)], capture_output=True, text=True)
+                              f"-I{small_bundle / 'firmware'}", str(src), "-o", str(exe)],
+                             capture_output=True, text=True)
         assert run.returncode == 0, run.stderr
         assert subprocess.run([str(exe)]).returncode == 0
 

@@ -1,6 +1,6 @@
 /* What this application was built for: the model of the bundle whose generated header it was compiled with
-   (main/generated/eeasr_model_config.h, included only by op_resolver.cc: its feature #defines would clash
-   with eeasr_core/features.h). */
+   (main/generated/eeasr_model_config.h, included by op_resolver.cc; its model parameters are EEASR_MODEL_*,
+   apart from eeasr_core's compiled-in constants, so any file may include both). */
 #ifndef EEASR_MAIN_BUILD_INFO_H
 #define EEASR_MAIN_BUILD_INFO_H
 
