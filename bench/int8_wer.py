@@ -7,7 +7,7 @@
 The bundle must hold every exit of the model on the device (EXITS = all); without --bundle the model is
 converted once with `eeasr-convert MODEL --exits ALL` into ~/.cache/eeasr/bundles/ (reused while it matches the
 model). Test utterances go through the device front end and are cut into device windows exactly as
-`eeasr-train eval` does (eeasr.features.log_mel, the model's normalization, eeasr.windows.window_spans). Each
+`eeasr-train eval` does (eeasr.features.log_mel, the model's normalization, eeasr.windows cuts). Each
 window then runs:
 - int8: the device program (eeasr.device_program) under the real TFLM interpreter, segment by segment with
   the manifest's requantization at the boundaries; greedy CTC on the log-softmax of each exit's int8 logits;
@@ -44,7 +44,7 @@ from eeasr.features import log_mel  # noqa: E402
 from eeasr.manifest import Utterance, read_manifest  # noqa: E402
 from eeasr.metrics import _counts, wer  # noqa: E402
 from eeasr.paths import default_cache_dir  # noqa: E402
-from eeasr.windows import window_spans  # noqa: E402
+from eeasr.windows import frame_energy, window_spans  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PROBE_WINDOWS = 4
@@ -101,8 +101,9 @@ def load_items(ck, utts: list[Utterance], progress: bool) -> tuple[list[Item], l
         except AudioError as e:
             skipped.append(str(e))
             continue
-        feats = ck.norm.apply(log_mel(pcm, ck.features))
-        spans = window_spans(feats.mean(axis=1), ck.cfg.data.window)
+        logmel = log_mel(pcm, ck.features)
+        feats = ck.norm.apply(logmel)
+        spans = window_spans(frame_energy(logmel), ck.cfg.data.window)
         if spans:
             items.append(Item(u, [feats[a:b] for a, b in spans]))
     return items, skipped
@@ -304,7 +305,7 @@ def main(argv: list[str] | None = None) -> None:
     table = ("| exit (layer) | float WER % | int8 TFLM WER % | int8 - float | 95% interval (paired bootstrap) | "
              "frame argmax agreement | within +1.0 |\n|---|---|---|---|---|---|---|\n")
     for r in rows:
-        table += (f"| {r['exit']} ({r['layer']}) | {r['float_wer']:.1f} | {r['int8_wer']:.1f} | {r['delta']:+.1f} | "
+        table += (f"| {r['exit']} ({r['layer']}) | {r['float_wer']:.1f} | {r['int8_wer']:.1f} | {round(r['delta'], 1) or 0.0:+.1f} | "
                   f"{r['delta_ci_lo']:+.1f} .. {r['delta_ci_hi']:+.1f} | {r['frame_argmax_agreement']:.3f} | "
                   f"{'yes' if r['within_1'] else 'NO'} |\n")
     text = head + table
