@@ -63,9 +63,15 @@ model: setup  ## evaluate the trained default run and export it to models/defaul
 # The benchmarks, one script each (bench/*.py --help says what each measures):
 #   bench/window_table.py  flash, arena, MACs and bandwidth per window W (updates docs/decisions/0002)
 #   bench/int8_wer.py      WER of every int8 device exit under TFLM vs float on the test set (bench/out/int8_wer.*)
-bench: setup  ## run the benchmarks: bench/window_table.py, bench/int8_wer.py (slow: tens of minutes)
+#   bench/split_sweep.py   EXITS=2 split: system WER, share ended on the device, uplink bytes vs the exit threshold
+#   bench/split_latency.py end of audio -> text latency and uplink bytes of `eeasr-host stream` in simulation
+#   bench/server_load.py   `eeasr-host serve` throughput and p50/p95 latency at 1, 8 and 32 concurrent clients
+bench: setup  ## run the benchmarks under bench/ (bench/out/; slow: tens of minutes)
 	$(PY) bench/window_table.py
 	$(PY) bench/int8_wer.py --out bench/out
+	$(PY) bench/split_sweep.py --out bench/out
+	$(PY) bench/split_latency.py --out bench/out
+	$(PY) bench/server_load.py --out bench/out
 
 firmware-check:  ## build the firmware's C core with gcc, run its sanitizer unit tests and the test vectors
 	@test -x $(PY) || { echo "$(PY) not found: run make setup first"; exit 1; }
