@@ -79,11 +79,14 @@ def _eval_set(manifest: Path | None, split: str, real: bool, limit: int | None) 
               "(with pocketsphinx 5.1.1's WER on the same audio and bootstrap intervals).")
 @click.option("--beam", type=int, default=16, help="CTC beam width (1 = greedy only).")
 @click.option("--limit", type=int, default=None, help="Score only the first N utterances.")
+@click.option("--baseline", "baselines", multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="A single-exit run (no-EE baseline, e.g. configs/baseline-L2.yaml) scored on the same audio; "
+              "repeat it. Adds a table in the shape of the paper's Table 2: EE vs no-EE per layer.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Write the tables here as Markdown.")
 def eval_(run: Path, manifest: Path | None, split: str, real: bool, beam: int, limit: int | None,
-          out: Path | None) -> None:
+          baselines: tuple[Path, ...], out: Path | None) -> None:
     """WER of every exit (greedy and beam search), per engine family, through the device front end and windows."""
-    from eeasr.train.evaluate import interval_line, per_group_table, run as run_eval, wer_table
+    from eeasr.train.evaluate import compare_table, interval_line, per_group_table, run as run_eval, wer_table
 
     ck = _load(run)
     utts = _eval_set(manifest, split, real, limit)
@@ -91,6 +94,14 @@ def eval_(run: Path, manifest: Path | None, split: str, real: bool, beam: int, l
     layers = ck.cfg.model.exits
     text = f"## {run.name}: {len(results)} utterances ({'real clips' if real else split})\n\n"
     text += wer_table(results, layers, beam > 1) + "\n" + per_group_table(results, layers, "source")
+    if baselines:
+        single = {}
+        for b in baselines:
+            bk = _load(b)
+            if len(bk.cfg.model.exits) != 1:
+                raise click.ClickException(f"{b}: a baseline has one exit, this one has {bk.cfg.model.exits}")
+            single[bk.cfg.model.exits[0]] = run_eval(bk, utts, beam=beam)[0]
+        text += "\n" + compare_table(results, layers, single, beam > 1)
     if real:
         from eeasr.audio import load_audio
         from eeasr.metrics import wer

@@ -139,6 +139,27 @@ def wer_table(results: list[UttResult], exit_layers: list[int], beam: bool) -> s
     return head + "\n".join(rows) + "\n"
 
 
+def compare_table(results: list[UttResult], exit_layers: list[int], single: dict[int, list[UttResult]],
+                  beam: bool) -> str:
+    """Markdown in the shape of paper 1's Table 2: each exit of the EE model next to a single-exit model of that
+    depth (no-EE), scored on the same utterances."""
+    refs = [r.utt.text for r in results]
+    kinds = [False, True] if beam else [False]
+    names = ["greedy", "beam"][: len(kinds)]
+    head = "| layer | " + " | ".join(f"EE {n} WER % | no-EE {n} WER %" for n in names) + " |\n"
+    head += "|---|" + "---|---|" * len(kinds) + "\n"
+    rows = []
+    for j, layer in enumerate(exit_layers):
+        cells = []
+        for b in kinds:
+            base = "-"
+            if layer in single:
+                base = f"{wer([r.utt.text for r in single[layer]], texts_at_exit(single[layer], 0, b)):.1f}"
+            cells.append(f"{wer(refs, texts_at_exit(results, j, b)):.1f} | {base}")
+        rows.append(f"| {layer} | " + " | ".join(cells) + " |")
+    return head + "\n".join(rows) + "\n"
+
+
 def per_group_table(results: list[UttResult], exit_layers: list[int], key: str = "source") -> str:
     """Markdown: greedy WER per exit for each engine family (or another manifest field)."""
     groups: dict[str, list[UttResult]] = defaultdict(list)
