@@ -92,6 +92,13 @@ def _hash8(h: str, what: str) -> bytes:
     return raw
 
 
+def encode_utf8(s: str, what: str) -> bytes:
+    try:
+        return s.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ProtocolError(f"{what} cannot be encoded as UTF-8 (lone surrogate?)") from None
+
+
 def _text(b: bytes, what: str) -> str:
     try:
         return b.decode("utf-8")
@@ -118,7 +125,7 @@ class Hello:
     def pack(self) -> bytes:
         if not 0 < len(self.exit_layers) <= 32:
             raise ProtocolError("hello: 1 to 32 exit layers")
-        fw = self.firmware.encode()[:255]
+        fw = encode_utf8(self.firmware, "hello firmware")[:255]
         return (self.LAYOUT.pack(_hash8(self.model_hash, "model hash"), _hash8(self.bundle_id, "bundle id"),
                                  _hash8(self.feature_hash, "feature hash"), self.sample_rate, self.window,
                                  self.subsampling, self.d_model, self.vocab, len(self.exit_layers))
@@ -181,7 +188,7 @@ class Result:
     def pack(self) -> bytes:
         if len(self.tokens) > MAX_TOKENS:
             raise ProtocolError(f"result: more than {MAX_TOKENS} tokens")
-        t = self.text.encode()
+        t = encode_utf8(self.text, "result text")
         if len(t) > MAX_TEXT:
             raise ProtocolError(f"result: text longer than {MAX_TEXT} bytes")
         return (self.LAYOUT.pack(self.utt_id, self.window, self.flags, self.exit_index, self.layer, self.measure,
@@ -247,7 +254,7 @@ class Error:
     message: str
 
     def pack(self) -> bytes:
-        return struct.pack("<H", self.code) + self.message.encode()[:MAX_TEXT]
+        return struct.pack("<H", self.code) + encode_utf8(self.message, "error message")[:MAX_TEXT]
 
     @classmethod
     def unpack(cls, p: bytes) -> Error:
@@ -297,7 +304,7 @@ class Info:
     json: str
 
     def pack(self) -> bytes:
-        return self.json.encode()
+        return encode_utf8(self.json, "info")
 
     @classmethod
     def unpack(cls, p: bytes) -> Info:

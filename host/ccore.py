@@ -512,7 +512,7 @@ def _to_c(msg: P.Message, seq: int, keep: list) -> _Message:
 
     m = _Message(type=msg.TYPE, seq=seq & 0xFFFF)
     if isinstance(msg, P.Hello):
-        exits, fw = bytes(msg.exit_layers), msg.firmware.encode()
+        exits, fw = bytes(msg.exit_layers), P.encode_utf8(msg.firmware, "hello firmware")
         m.u.hello = _Hello(_hash8(msg.model_hash, "model hash"), _hash8(msg.bundle_id, "bundle id"),
                            _hash8(msg.feature_hash, "feature hash"), _uint(msg.sample_rate, 32, "sample rate"),
                            _uint(msg.window, 16, "window"), _uint(msg.subsampling, 8, "subsampling"),
@@ -524,7 +524,7 @@ def _to_c(msg: P.Message, seq: int, keep: list) -> _Message:
             raise P.ProtocolError("audio: samples must be a 1-D int16 array")
         m.u.audio = _Audio(_uint(msg.flags, 8, "audio flags"), len(s), ref(s.astype("<i2").tobytes()))
     elif isinstance(msg, P.Result):
-        text = msg.text.encode()
+        text = P.encode_utf8(msg.text, "result text")
         m.u.result = _Result(_uint(msg.utt_id, 32, "utt id"), _uint(msg.window, 16, "window"),
                              _uint(msg.flags, 8, "flags"), _uint(msg.exit_index, 8, "exit index"),
                              _uint(msg.layer, 8, "layer"), _uint(msg.measure, 8, "measure"), _float32(msg.confidence),
@@ -543,14 +543,14 @@ def _to_c(msg: P.Message, seq: int, keep: list) -> _Message:
                                _hash8(msg.model_hash, "model hash"), _float32(msg.scale), msg.zero_point, t, d,
                                ref(np.ascontiguousarray(h).tobytes()))
     elif isinstance(msg, P.Error):
-        text = msg.message.encode()
+        text = P.encode_utf8(msg.message, "error message")
         m.u.error = _ErrorMsg(_uint(msg.code, 16, "error code"), len(text), ref(text))
     elif isinstance(msg, P.Ack):
         m.u.ack = _Ack(_uint(msg.seq, 16, "ack seq"), _uint(msg.of, 8, "ack type"), _uint(msg.status, 8, "ack status"))
     elif isinstance(msg, P.CommandMsg):
         m.u.command = _Command(_uint(msg.command, 8, "command"))
     elif isinstance(msg, P.Info):
-        text = msg.json.encode()
+        text = P.encode_utf8(msg.json, "info")
         m.u.info = _Info(len(text), ref(text))
     else:
         raise TypeError(f"not a protocol message: {type(msg).__name__}")

@@ -74,6 +74,8 @@ def test_frame_layout_is_the_documented_one() -> None:
     (p.Audio(np.zeros(4, np.float32)), "int16"),
     (p.Handoff(0, 0, 0, 4, HASH, 0.1, 0, np.zeros((400, 144), np.int8)), "payload limit"),
     (p.Hello("xyz", HASH, HASH, 16000, 600, 4, 144, 257, [2]), "hex"),
+    (p.Result(0, 0, 0, 1, 2, 0, 0.5, [], "\ud800"), "UTF-8"),
+    (p.Info("\udfff"), "UTF-8"),
 ])
 def test_bad_messages_are_refused_with_a_reason(msg: p.Message, reason: str) -> None:
     with pytest.raises(p.ProtocolError, match=reason):
