@@ -23,7 +23,6 @@ int8_wer_hyps.csv under --out.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import os
 import random
@@ -35,6 +34,8 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
+
+from report import parser, save_figure  # noqa: E402
 
 from eeasr.audio import AudioError, load_audio  # noqa: E402
 from eeasr.bundle import MANIFEST, Bundle, BundleError, load_bundle  # noqa: E402
@@ -194,14 +195,11 @@ def write_png(rows: list[dict], path: Path, title: str) -> None:
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--model", type=Path, default=ROOT / "models" / "default",
                     help="model directory (default: models/default)")
     ap.add_argument("--bundle", type=Path, default=None,

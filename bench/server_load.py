@@ -16,7 +16,6 @@ as low server utilisation. Writes server_load.md, server_load.csv and server_loa
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import csv
 import os
@@ -28,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from report import parser, save_figure  # noqa: E402
 
 from eeasr.bundle import MANIFEST, Bundle, BundleError, load_bundle, sha256_file
 from eeasr.host.server_client import start_local_server
@@ -176,14 +177,11 @@ def write_png(rows: list[dict], path: Path, title: str) -> None:
         ax.set_xlabel("concurrent clients")
         ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--bundle", type=Path, default=None,
                     help="bundle to serve (default: --model converted with --exits 2, cached)")
     ap.add_argument("--model", type=Path, default=ROOT / "models" / "default",

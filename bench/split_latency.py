@@ -28,7 +28,6 @@ split_latency.jsonl (the stream's log) and split_latency_stream.txt (its screen 
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
@@ -41,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from report import parser, save_figure  # noqa: E402
 from testset import default_manifest, seeded_subset, split_utterances
 
 from eeasr.bundle import BundleError, load_bundle
@@ -193,14 +193,11 @@ def write_png(groups: list[tuple[str, list[float]]], rates: list[tuple[str, floa
     bx.invert_yaxis()
     bx.set_title("uplink", fontsize=9)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--n", type=int, default=40, help="test utterances to stream (default: %(default)d)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the sample (default: %(default)d)")
     ap.add_argument("--manifest", type=Path, default=None,

@@ -29,7 +29,6 @@ measures and texts) and split_sweep.png under --out.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import os
 import sys
@@ -40,6 +39,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
+from report import parser, save_figure  # noqa: E402
 from int8_wer import Item, load_items, log  # noqa: E402
 from testset import seeded_subset, split_utterances  # noqa: E402
 
@@ -204,14 +204,11 @@ def write_png(rows: list[dict], calibrated: dict[str, float | None], refs: dict[
     ax.legend(fontsize=7)
     ax.set_title("WER vs uplink", fontsize=9)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--model", type=Path, default=ROOT / "models" / "default",
                     help="model directory: windows are cut with its features (default: models/default)")
     ap.add_argument("--bundle", type=Path, default=None,

@@ -382,7 +382,9 @@ def test_int8_wer_bench_runs_on_a_bundle_with_every_exit(checkpoint: Path, bundl
     import csv
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("int8_wer", Path(__file__).parent.parent / "bench" / "int8_wer.py")
+    bench_dir = Path(__file__).parent.parent / "bench"
+    monkeypatch.syspath_prepend(str(bench_dir))       # as when run as a script: its sibling modules import
+    spec = importlib.util.spec_from_file_location("int8_wer", bench_dir / "int8_wer.py")
     bench = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "int8_wer", bench)  # its dataclasses look their module up
     spec.loader.exec_module(bench)
