@@ -44,7 +44,7 @@ DEMO_AUDIO := $(sort $(wildcard assets/demo/*.flac)) \
 	$(PS_DATA)/librivox/sense_and_sensibility_01_austen_64kb-0930.wav \
 	$(PS_DATA)/cards/001.wav $(PS_DATA)/cards/005.wav
 
-demo: setup apt-deps  ## the whole edge-cloud split on this machine: bundled model and audio, simulated device, local server
+demo: apt-deps setup  ## the whole edge-cloud split on this machine: bundled model and audio, simulated device, local server
 	$(VENV)/bin/eeasr-host stream --wav $(DEMO_AUDIO) --refs assets/demo/manifest.jsonl --log $(CACHE)/demo.jsonl
 
 data: setup apt-deps  ## synthesize the default corpus (HOURS=21 of training speech) and cache its features
@@ -77,7 +77,7 @@ firmware-check:  ## build the firmware's C core with gcc, run its sanitizer unit
 	@test -x $(PY) || { echo "$(PY) not found: run make setup first"; exit 1; }
 	$(MAKE) -C firmware/native check PYTHON=$(abspath $(PY))
 
-test: setup apt-deps  ## run the test suite
+test: apt-deps setup  ## run the test suite
 	$(PY) -m pytest -q
 
 clean-venv:  ## remove .venv
