@@ -196,7 +196,7 @@ def convert_checkpoint(checkpoint: Path, out: Path, opts: ConvertOptions, log: L
             server_agree.append(round(float(np.mean(a.argmax(-1) == b.argmax(-1))), 4))
         server_entry["check"]["argmax_agree_on_tflm_handoff"] = dict(
             zip([output_name(j) for j, _ in rest], server_agree))
-    thresholds = calibrate(logps, calib.texts, ck.tokenizer.decode, cfg.exits, opts.target_wer)
+    thresholds = calibrate(logps, calib.texts, ck.tokenizer.decode, cfg.exits, k, opts.target_wer)
     timings["thresholds"] = time.perf_counter() - t
     log(f"thresholds (target WER {thresholds['target_wer']:.1f}%): " + ", ".join(
         f"{m} {c['threshold']:.4g} (WER {c['wer']:.1f}%, avg layer {c['avg_exit_layer']:.2f})"

@@ -5,8 +5,9 @@ log-softmax (in float, as the device does) of every device exit's int8 TFLM logi
 log-probabilities on the dequantized TFLM handoff for the exits after them. For each exit measure of
 eeasr.exits that the device computes cheaply (average frame entropy, Eq. 5, and the same over non-blank
 frames), the threshold is the one with the lowest average exit layer whose greedy WER over the set meets the
-target, with per-window selection as in eeasr.train.evaluate: the first exit whose measure passes, else the
-last exit. The default target is the last exit's WER on these TFLM outputs + 2 points (the rule of
+target, with the bundle's own policy: the first DEVICE exit (1..K) whose measure passes, else the server's last
+exit (the server never answers from its intermediate exits), so thresholds are per model hash and EXITS as the
+device contract says. With K = all exits this is the rule of eeasr.train.evaluate. The default target is the last exit's WER on these TFLM outputs + 2 points (the rule of
 `eeasr-train exits`). A first simple version: one threshold per measure for every exit, no N-best posterior.
 """
 
@@ -22,17 +23,22 @@ from eeasr.metrics import _counts
 DEVICE_MEASURES = {"entropy": frame_entropy, "nonblank_entropy": nonblank_entropy}
 
 
-def _select(values: np.ndarray, threshold: float) -> np.ndarray:
-    """Per utterance, the first exit whose measure <= threshold, else the last. values [N, E]."""
+def _select(values: np.ndarray, threshold: float, fallback: int) -> np.ndarray:
+    """Per utterance, the first device exit whose measure <= threshold, else `fallback`. values [N, K]."""
     passes = values <= threshold
-    first = np.where(passes.any(axis=1), passes.argmax(axis=1), values.shape[1] - 1)
-    return first
+    return np.where(passes.any(axis=1), passes.argmax(axis=1), fallback)
 
 
 def calibrate(logps: list[list[np.ndarray]], texts: list[str], decode: Any, exit_layers: list[int],
-              target_wer: float | None = None, n_candidates: int = 200) -> dict[str, Any]:
-    """`logps[i][j]`: log-probabilities [T_valid, V] of utterance i at exit j. Returns the manifest's
-    thresholds section: target, per-exit WER and per measure {threshold, wer, avg_exit_layer}."""
+              device_exits: int | None = None, target_wer: float | None = None,
+              n_candidates: int = 200) -> dict[str, Any]:
+    """`logps[i][j]`: log-probabilities [T_valid, V] of utterance i at exit j (all exits of the model); the
+    first `device_exits` (default: all) run on the device. Returns the manifest's thresholds section: target,
+    WER of each exit that can answer, and per measure {threshold, wer, avg_exit_layer}."""
+    k = len(exit_layers) if device_exits is None else device_exits
+    answering = list(range(k)) + ([len(exit_layers) - 1] if k < len(exit_layers) else [])
+    logps = [[row[j] for j in answering] for row in logps]
+    exit_layers = [exit_layers[j] for j in answering]
     n_exits = len(exit_layers)
     hyps = [[decode(greedy_ctc(lp)) for lp in row] for row in logps]
     # word errors [N, E] and reference lengths [N], so each candidate threshold is a sum, not a new alignment
@@ -47,16 +53,17 @@ def calibrate(logps: list[list[np.ndarray]], texts: list[str], decode: Any, exit
     target = per_exit[-1] + 2.0 if target_wer is None else float(target_wer)
     out: dict[str, Any] = {"calibrated_on": "TFLM int8 device exits + server ONNX on the dequantized TFLM handoff",
                            "utterances": len(texts), "target_wer": round(target, 3),
-                           "wer_per_exit": [round(w, 3) for w in per_exit], "rule": "first exit whose measure <= "
-                           "threshold, else the last exit", "measures": {}}
+                           "device_exits": k, "answering_exit_layers": exit_layers,
+                           "wer_per_exit": [round(w, 3) for w in per_exit], "rule": "first device exit whose "
+                           "measure <= threshold, else the last exit", "measures": {}}
     layers = np.array(exit_layers)
     for name, fn in DEVICE_MEASURES.items():
-        values = np.array([[fn(lp) for lp in row] for row in logps])  # [N, E]
+        values = np.array([[fn(lp) for lp in row[:k]] for row in logps])  # [N, K]: the device measures
         cands = np.unique(np.quantile(values, np.linspace(0, 1, n_candidates)))
         cands = np.concatenate([[values.min() - 1.0], cands])  # never exit early: the last exit alone
         best = None
         for th in cands:
-            chosen = _select(values, float(th))
+            chosen = _select(values, float(th), n_exits - 1)
             w = wer_of(chosen)
             avg = float(layers[chosen].mean())
             if w <= target and (best is None or avg < best["avg_exit_layer"] - 1e-9):

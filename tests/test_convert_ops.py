@@ -151,3 +151,25 @@ def test_threshold_calibration_prefers_early_confident_exits() -> None:
     for m in ("entropy", "nonblank_entropy"):
         assert res["measures"][m]["wer"] == 0.0 and res["measures"][m]["avg_exit_layer"] == 3.0
     assert res["wer_per_exit"] == [50.0, 0.0] and res["default_measure"] in ("entropy", "nonblank_entropy")
+
+
+def test_calibration_follows_the_split_policy_device_exits_then_the_last_exit() -> None:
+    """EXITS = 1 of 3: the server's intermediate exit 2 never answers, so calibration must not count on it."""
+    from eeasr.convert.thresholds import calibrate
+
+    v = 5
+    right = np.full((4, v), -20.0)
+    right[:, 2] = 0.0
+    wrong = np.full((4, v), -20.0)
+    wrong[:, 3] = 0.0
+    flat = np.log(np.full((4, v), 1.0 / v))
+
+    def decode(ids):  # noqa: ANN001, ANN202
+        return " ".join("two" if i == 2 else "x" for i in ids)
+
+    # utterance 0: exit 1 sure and right; utterance 1: exit 1 unsure (empty), exits 2 and 3 right
+    logps = [[right, right, wrong], [flat, right, right]]
+    res = calibrate(logps, ["two", "two"], decode, [2, 4, 6], device_exits=1, target_wer=0.0)
+    assert res["answering_exit_layers"] == [2, 6] and res["wer_per_exit"] == [50.0, 50.0]
+    best = res["measures"]["entropy"]
+    assert best["avg_exit_layer"] == 4.0 and best["wer"] == 0.0   # utterance 1 falls to layer 6, never 4
