@@ -69,7 +69,8 @@ def test_bundle_written_and_reloaded(bundle_dir: Path, checkpoint: Path) -> None
         assert all(row[2] in ("esp-nn", "reference") for row in s["ops"])
     assert all(v["note"] for v in m["device"]["cost_assumptions"].values())
     th = m["thresholds"]
-    assert set(th["measures"]) == {"entropy", "nonblank_entropy"} and len(th["wer_per_exit"]) == 4
+    assert set(th["measures"]) == {"entropy", "nonblank_entropy"} and len(th["wer_per_exit"]) == 3
+    assert th["device_exits"] == 2 and th["answering_exit_layers"] == [1, 2, 4]   # device exits, then the last
     assert set(m["model"]["checkpoint_files"]) >= {"model.pt", "calibration.npz"}
     assert all((bundle_dir / rel).is_file() for rel in m["files"])
     # the report command reads the bundle back
