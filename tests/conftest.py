@@ -28,10 +28,10 @@ def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def small_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A bundle of a tiny random model (d=32, 4 layers with an exit after each, W=64 feature frames, 16 encoder
-    frames), converted by the real `eeasr-convert --exits 2` in a subprocess (torch and tensorflow stay out of
-    the test process): two device segments, and a server model for layers 3-4. Needs the convert extra."""
+def convert_small(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """`convert_small(exits) -> bundle dir`: a tiny random model (d=32, 4 layers with an exit after each, W=64
+    feature frames, 16 encoder frames), made once, converted by the real `eeasr-convert --exits K` in a
+    subprocess (torch and tensorflow stay out of the test process); one bundle per K. Needs the convert extra."""
     import importlib.util
     import os
     import subprocess
@@ -40,17 +40,33 @@ def small_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for mod in ("torch", "tensorflow", "tflite_micro", "onnxruntime"):
         if importlib.util.find_spec(mod) is None:
             pytest.skip(f"{mod} is not installed (the convert extra builds bundles)")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+    def run(cmd: list[str]) -> None:
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        assert done.returncode == 0, f"{cmd[:3]} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+
     ckpt = tmp_path_factory.mktemp("small-model")
-    code = ("import sys; from pathlib import Path; from eeasr.convert.random_model import write_random_model; "
-            "write_random_model(Path(sys.argv[1]), d_model=32, n_heads=2, ff_dim=64, n_layers=4, exits=[1, 2, 3, 4], "
-            "conv_kernel=5, vocab=32, window=64, n_calibration=12, seed=1)")
-    out = tmp_path_factory.mktemp("small-bundle") / "exits2"
-    for cmd in ([sys.executable, "-c", code, str(ckpt)],
-                [str(Path(sys.executable).parent / "eeasr-convert"), str(ckpt), "--exits", "2", "--out", str(out),
-                 "--calibration-windows", "8"]):
-        run = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-        assert run.returncode == 0, f"{cmd[:3]} failed:\n{run.stdout[-2000:]}\n{run.stderr[-3000:]}"
-    return out
+    run([sys.executable, "-c", "import sys; from pathlib import Path; from eeasr.convert.random_model import "
+         "write_random_model; write_random_model(Path(sys.argv[1]), d_model=32, n_heads=2, ff_dim=64, n_layers=4, "
+         "exits=[1, 2, 3, 4], conv_kernel=5, vocab=32, window=64, n_calibration=12, seed=1)", str(ckpt)])
+    bundles: dict[int, Path] = {}
+
+    def convert(exits: int) -> Path:
+        if exits not in bundles:
+            out = tmp_path_factory.mktemp("small-bundle") / f"exits{exits}"
+            run([str(Path(sys.executable).parent / "eeasr-convert"), str(ckpt), "--exits", str(exits),
+                 "--out", str(out), "--calibration-windows", "8"])
+            bundles[exits] = out
+        return bundles[exits]
+
+    return convert
+
+
+@pytest.fixture(scope="session")
+def small_bundle(convert_small) -> Path:  # noqa: ANN001
+    """The tiny random model with EXITS=2: two device segments, and a server model for layers 3-4."""
+    return convert_small(2)
 
 
 @pytest.fixture(scope="session")

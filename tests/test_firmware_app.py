@@ -36,24 +36,9 @@ MODEL_OFFSET = 0x310000
 
 
 @pytest.fixture(scope="module")
-def all_exits_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def all_exits_bundle(convert_small) -> Path:  # noqa: ANN001
     """The small random model of conftest's small_bundle with all 4 exits on the device (EXITS = 1..4)."""
-    import importlib.util
-
-    for mod in ("torch", "tensorflow", "tflite_micro"):
-        if importlib.util.find_spec(mod) is None:
-            pytest.skip(f"{mod} is not installed (the convert extra builds bundles)")
-    ckpt = tmp_path_factory.mktemp("fw-model")
-    code = ("import sys; from pathlib import Path; from eeasr.convert.random_model import write_random_model; "
-            "write_random_model(Path(sys.argv[1]), d_model=32, n_heads=2, ff_dim=64, n_layers=4, exits=[1, 2, 3, 4], "
-            "conv_kernel=5, vocab=32, window=64, n_calibration=12, seed=1)")
-    out = tmp_path_factory.mktemp("fw-bundle") / "exits4"
-    for cmd in ([sys.executable, "-c", code, str(ckpt)],
-                [str(VENV / "bin" / "eeasr-convert"), str(ckpt), "--exits", "4", "--out", str(out),
-                 "--calibration-windows", "8"]):
-        run = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-        assert run.returncode == 0, f"{cmd[:3]} failed:\n{run.stderr[-3000:]}"
-    return out
+    return convert_small(4)
 
 
 # ---- budget ----------------------------------------------------------------------------------------------
