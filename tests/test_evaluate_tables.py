@@ -27,3 +27,17 @@ def test_wer_and_group_tables() -> None:
     assert "| 1 (2) | 25.0 | 25.0 |" in wer_table(rs, [2, 4], beam=True)
     groups = per_group_table(rs, [2, 4]).splitlines()
     assert groups[2] == "| espeak-ng | 1 | 50.0 | 0.0 |" and groups[3] == "| flite | 1 | 0.0 | 0.0 |"
+
+
+def test_group_table_scores_another_recognizer_on_the_same_audio() -> None:
+    rs = [_result("a b", ["a b", "a b"], "flite"), _result("c d", ["c x", "c d"], "espeak-ng")]
+    table = per_group_table(rs, [2, 4], others={"pocketsphinx 5.1.1": ["a", "c d"]}).splitlines()
+    assert table[0].endswith("| exit 2 (4) | pocketsphinx 5.1.1 |")
+    assert table[2] == "| espeak-ng | 1 | 50.0 | 0.0 | 0.0 |" and table[3] == "| flite | 1 | 0.0 | 0.0 | 50.0 |"
+
+
+def test_interval_line_counts_errors() -> None:
+    from eeasr.train.evaluate import interval_line
+
+    line = interval_line(["a b c d", "e f"], ["a b c d", "e x"])
+    assert line.startswith("16.7% (1/6 words; 95% bootstrap interval ")

@@ -12,8 +12,39 @@ import yaml
 
 
 @dataclass
+class I3DConfig:
+    """I3D dynamic depth (paper 2): gates on every attention and feed-forward module (train/i3d.py)."""
+    predictor: str = "local"           # "local" (one MLP per layer) or "global" (one MLP on the encoder input)
+    hidden: int = 32                   # gate-predictor MLP hidden units
+    tau: float = 1.0                   # Gumbel-softmax temperature during training
+    lam: float = 0.0                   # utility-loss weight lambda (Eq. 6)
+    cost_weighted: bool = False        # weight modules by their compute cost in the utility loss (footnote 1)
+    beta: float = 0.5                  # binary-gate threshold at inference (changeable without retraining)
+    inter_ctc: list[int] = field(default_factory=list)  # layers with an InterCTC loss (the InterCTC variant)
+    inter_ctc_weight: float = 0.3      # w: loss = (1 - w) CTC(last) + w * mean InterCTC (Lee & Watanabe 2021)
+    layerdrop: float = 0.0             # LayerDrop probability per layer (the pruned baseline, paper ref. [29])
+
+
+@dataclass
+class AEDConfig:
+    """Early-exit Conformer-AED (paper 1, Eq. 4): a CTC head and an attention decoder per exit (train/aed.py)."""
+    decoder_layers: int = 4
+    decoder_heads: int = 4
+    decoder_ff: int = 576
+    ctc_weight: float = 0.3            # loss per exit = ctc_weight * CTC + (1 - ctc_weight) * CE
+    label_smoothing: float = 0.1
+
+
+@dataclass
+class Wav2Vec2Config:
+    """Wav2Vec2-CTC with early exits (paper 1's third model, train/wav2vec2.py)."""
+    pretrained: str = ""               # local directory of a Hugging Face Wav2Vec2 model ("" = random init)
+    freeze_feature_extractor: bool = True
+
+
+@dataclass
 class ModelConfig:
-    encoder: str = "conformer"         # the encoder family (train/model.py registry)
+    encoder: str = "conformer"         # the model family (train/model.py registry)
     d_model: int = 144
     n_heads: int = 4
     ff_dim: int = 576
@@ -24,6 +55,9 @@ class ModelConfig:
     dropout: float = 0.1
     mask_bias: float = -30.0           # added to attention scores of padded keys; int8 can still represent it
     vocab_size: int = 0                # filled from the tokenizer
+    i3d: I3DConfig = field(default_factory=I3DConfig)
+    aed: AEDConfig = field(default_factory=AEDConfig)
+    wav2vec2: Wav2Vec2Config = field(default_factory=Wav2Vec2Config)
 
 
 @dataclass
@@ -67,7 +101,8 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+def dataclass_from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+    """A (nested) config dataclass from a mapping; unknown keys and non-mappings are errors naming `where`."""
     if not isinstance(data, dict):
         raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
@@ -79,7 +114,7 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     for key, value in data.items():
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
-            kwargs[key] = _build(hint, value, f"{where}.{key}")
+            kwargs[key] = dataclass_from_dict(hint, value, f"{where}.{key}")
         elif hint is float and isinstance(value, int):
             kwargs[key] = float(value)
         else:
@@ -100,11 +135,12 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Tr
 
 
 def config_from_dict(data: dict[str, Any], where: str = "config") -> TrainConfig:
-    return _build(TrainConfig, data, where)
+    return dataclass_from_dict(TrainConfig, data, where)
 
 
 def save_config(cfg: TrainConfig, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
-__all__ = ["ModelConfig", "DataConfig", "OptimConfig", "TrainConfig", "load_config", "config_from_dict", "save_config"]
+__all__ = ["I3DConfig", "AEDConfig", "Wav2Vec2Config", "ModelConfig", "DataConfig", "OptimConfig", "TrainConfig",
+           "dataclass_from_dict", "load_config", "config_from_dict", "save_config"]

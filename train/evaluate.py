@@ -160,23 +160,29 @@ def compare_table(results: list[UttResult], exit_layers: list[int], single: dict
     return head + "\n".join(rows) + "\n"
 
 
-def per_group_table(results: list[UttResult], exit_layers: list[int], key: str = "source") -> str:
-    """Markdown: greedy WER per exit for each engine family (or another manifest field)."""
-    groups: dict[str, list[UttResult]] = defaultdict(list)
-    for r in results:
-        groups[str(getattr(r.utt, key))].append(r)
-    head = f"| {key} | utts | " + " | ".join(f"exit {j + 1} ({l})" for j, l in enumerate(exit_layers)) + " |\n"
-    head += "|---|---|" + "---|" * len(exit_layers) + "\n"
+def per_group_table(results: list[UttResult], exit_layers: list[int], key: str = "source",
+                    others: dict[str, list[str]] | None = None) -> str:
+    """Markdown: greedy WER per exit for each engine family (or another manifest field), and the WER of other
+    recognizers' hypotheses (`others`: name -> one text per result, e.g. pocketsphinx) on the same audio."""
+    others = others or {}
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, r in enumerate(results):
+        groups[str(getattr(r.utt, key))].append(i)
+    head = f"| {key} | utts | " + " | ".join(f"exit {j + 1} ({l})" for j, l in enumerate(exit_layers))
+    head += "".join(f" | {name}" for name in others) + " |\n"
+    head += "|---|---|" + "---|" * (len(exit_layers) + len(others)) + "\n"
     rows = []
-    for g, rs in sorted(groups.items()):
+    for g, idx in sorted(groups.items()):
+        rs = [results[i] for i in idx]
         refs = [r.utt.text for r in rs]
-        rows.append(f"| {g} | {len(rs)} | " + " | ".join(f"{wer(refs, texts_at_exit(rs, j)):.1f}"
-                                                       for j in range(len(exit_layers))) + " |")
+        cells = [f"{wer(refs, texts_at_exit(rs, j)):.1f}" for j in range(len(exit_layers))]
+        cells += [f"{wer(refs, [hyps[i] for i in idx]):.1f}" for hyps in others.values()]
+        rows.append(f"| {g} | {len(rs)} | " + " | ".join(cells) + " |")
     return head + "\n".join(rows) + "\n"
 
 
-def interval_line(results: list[UttResult], j: int, seed: int = 0) -> str:
-    refs, hyps = [r.utt.text for r in results], texts_at_exit(results, j)
+def interval_line(refs: list[str], hyps: list[str], seed: int = 0) -> str:
+    """WER with its error count and a 95% bootstrap interval over utterances (few clips: the interval matters)."""
     lo, hi = bootstrap_interval(refs, hyps, n_resamples=2000, seed=seed)
     er = error_rate(refs, hyps)
     return f"{er.rate:.1f}% ({er.errors}/{er.ref_len} words; 95% bootstrap interval {lo:.1f}-{hi:.1f})"

@@ -13,12 +13,16 @@ device program is the blocks between exit k-1 and exit k plus exit k's head (seg
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from eeasr.train.config import ModelConfig
+
+if TYPE_CHECKING:
+    from eeasr.train.dataset import Batch
 
 
 def subsampled_lengths(n_frames: Tensor, factor: int = 4) -> Tensor:
@@ -154,7 +158,36 @@ class ConformerBlock(nn.Module):
         return self.norm(x)
 
 
-class EarlyExitConformer(nn.Module):
+def ctc_exit_loss(logp: Tensor, lengths: Tensor, targets: Tensor, target_lengths: Tensor) -> Tensor:
+    """CTC loss of one exit: mean over the batch of per-utterance loss / target length (blank = 0)."""
+    return F.ctc_loss(logp.float().transpose(0, 1), targets, lengths, target_lengths, blank=0,
+                      reduction="mean", zero_infinity=True)
+
+
+class Recognizer(nn.Module):
+    """What training, evaluation and export need from every model family.
+
+    `forward(feats, n_frames, upto)` gives the CTC log-probabilities of the exits (the first `upto` only) and the
+    valid encoder frames; `exits` holds one CTC head per exit. `loss_terms` is the family's training objective as
+    named terms (`loss_names`, summed by the trainer, shown per term in the progress bar and the log); `fwd` is the model's
+    (possibly compiled) forward, `weights` the per-exit loss weights.
+    """
+
+    exits: nn.ModuleList
+
+    def loss_names(self) -> list[str]:
+        """The keys `loss_terms` returns, in order (the training log's columns)."""
+        return [f"exit{j + 1}" for j in range(len(self.exits))]
+
+    def loss_terms(self, fwd: Callable[..., tuple[list[Tensor], Tensor]], feats: Tensor, n_frames: Tensor,
+                   batch: Batch, weights: list[float]) -> dict[str, Tensor]:
+        logps, lengths = fwd(feats, n_frames)
+        lengths = lengths.cpu()
+        return {f"exit{j + 1}": w * ctc_exit_loss(lp, lengths, batch.targets, batch.target_lengths)
+                for j, (w, lp) in enumerate(zip(weights, logps))}
+
+
+class EarlyExitConformer(Recognizer):
     """Conformer-CTC with a linear CTC head after each layer in `cfg.exits` (a single exit = no-EE baseline)."""
 
     def __init__(self, cfg: ModelConfig, n_mels: int = 80) -> None:
@@ -188,9 +221,17 @@ class EarlyExitConformer(nn.Module):
         return outs, lengths
 
 
-def build_model(cfg: ModelConfig, n_mels: int = 80) -> nn.Module:
-    """The encoder named by `cfg.encoder` (one registry, so recipes choose by a config key)."""
-    encoders = {"conformer": EarlyExitConformer}
+ENCODERS: dict[str, type[Recognizer]] = {"conformer": EarlyExitConformer}
+
+# Families in their own modules add themselves to ENCODERS on import (they build on the blocks above).
+import eeasr.train.i3d  # noqa: E402,F401  "transformer", "i3d"
+import eeasr.train.aed  # noqa: E402,F401  "conformer-aed"
+import eeasr.train.wav2vec2  # noqa: E402,F401  "wav2vec2" (imports transformers only when built)
+
+
+def build_model(cfg: ModelConfig, n_mels: int = 80) -> Recognizer:
+    """The model family named by `cfg.encoder` (one registry, so recipes choose by a config key)."""
+    encoders = ENCODERS
     if cfg.encoder not in encoders:
         raise ValueError(f"unknown encoder {cfg.encoder!r}; known: {', '.join(encoders)}")
     return encoders[cfg.encoder](cfg, n_mels)

@@ -31,6 +31,7 @@ from eeasr.train.checkpoint import load_checkpoint, save_model
 from eeasr.train.config import TrainConfig, load_config, save_config
 from eeasr.train.data.cache import CacheConfig, build_cache, load_split
 from eeasr.train.dataset import Batch, Utterances, bucket_batches, spec_augment
+from eeasr.train.i3d import I3DTransformer, init_model_config
 from eeasr.train.model import build_model, count_parameters
 
 BUCKET = 100  # padded lengths are rounded up to a multiple of this (few shapes to compile)
@@ -54,7 +55,9 @@ def prepare_run(cfg: TrainConfig, out: Path) -> tuple[Path, Tokenizer]:
         for name in ("tokenizer.model", "norm.json"):
             if not (out / name).exists():
                 shutil.copy(init / name, out / name)
-        cfg.model = load_config(init / "config.yaml").model
+        init_model = load_config(init / "config.yaml").model
+        # I3D fine-tunes a trained Transformer: its own family and gate settings, the init run's shape.
+        cfg.model = init_model_config(cfg.model, init_model) if cfg.model.encoder == "i3d" else init_model
     if not (out / "tokenizer.model").exists():
         texts = [u.text for u in iter_manifest(manifest) if u.split == "train"]
         Tokenizer.train(texts, out / "tokenizer.model", vocab_size=cfg.data.vocab)
@@ -72,12 +75,6 @@ def lr_at(step: int, cfg: TrainConfig, total: int) -> float:
         return o.lr * (step + 1) / o.warmup_steps
     frac = min(1.0, (step - o.warmup_steps) / max(1, total - o.warmup_steps))
     return o.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
-
-
-def exit_losses(logps: list[torch.Tensor], lengths: torch.Tensor, batch: Batch) -> list[torch.Tensor]:
-    """CTC loss at each exit (mean over the batch of per-utterance loss / target length)."""
-    return [F.ctc_loss(lp.float().transpose(0, 1), batch.targets, lengths, batch.target_lengths, blank=0,
-                       reduction="mean", zero_infinity=True) for lp in logps]
 
 
 def _pad_to_bucket(batch: Batch, window: int) -> Batch:
@@ -106,9 +103,11 @@ def evaluate_greedy(model: torch.nn.Module, data: Utterances, tokenizer: Tokeniz
 
 
 class _Log:
-    def __init__(self, path: Path, n_exits: int) -> None:
+    """train_log.csv: one row per logged step (total and each loss term) and per epoch (dev WER per exit)."""
+
+    def __init__(self, path: Path, terms: list[str], n_exits: int) -> None:
         self.path = path
-        self.fields = ["step", "epoch", "lr", "loss"] + [f"loss_exit{j + 1}" for j in range(n_exits)] + \
+        self.fields = ["step", "epoch", "lr", "loss"] + [f"loss_{t}" for t in terms] + \
                       ["frames_per_s", "elapsed_s"] + [f"dev_wer_exit{j + 1}" for j in range(n_exits)]
         if not path.exists():
             with path.open("w", newline="") as f:
@@ -117,6 +116,15 @@ class _Log:
     def write(self, row: dict) -> None:
         with self.path.open("a", newline="") as f:
             csv.writer(f).writerow([row.get(k, "") for k in self.fields])
+
+
+def _key_groups(keys: list[str]) -> str:
+    """State-dict keys summarized by their first two components, e.g. 'gate_predictors.0 (4)'."""
+    groups: dict[str, int] = {}
+    for k in keys:
+        g = ".".join(k.split(".")[:2])
+        groups[g] = groups.get(g, 0) + 1
+    return ", ".join(f"{g} ({n})" for g, n in groups.items()) or "none"
 
 
 def _latest(ckpts: Path) -> Path | None:
@@ -130,6 +138,10 @@ def fit(cfg: TrainConfig, out: Path | None = None, compile_model: bool | None = 
 
     `stop_after_steps` ends this invocation early (as an interruption would), leaving a resumable checkpoint.
     """
+    if cfg.model.encoder == "wav2vec2":  # waveform input, grapheme units: its own loop (train/wav2vec2.py)
+        from eeasr.train.wav2vec2 import fit_wav2vec2
+
+        return fit_wav2vec2(cfg, out, progress=progress, stop_after_steps=stop_after_steps)
     out = Path(out or cfg.out).expanduser()
     cache, tokenizer = prepare_run(cfg, out)
     cfg.model.vocab_size = tokenizer.vocab_size
@@ -150,13 +162,20 @@ def fit(cfg: TrainConfig, out: Path | None = None, compile_model: bool | None = 
     ckpts.mkdir(exist_ok=True)
     step, epoch, in_epoch, elapsed = 0, 0, 0, 0.0
     if cfg.init and _latest(ckpts) is None:
-        model.load_state_dict(load_checkpoint(cfg.init).model.state_dict())
+        init_state = load_checkpoint(cfg.init).model.state_dict()
+        if isinstance(model, I3DTransformer):
+            fresh, unused = model.load_transformer_state(init_state)  # the gate predictors start fresh
+            if progress:
+                print(f"initialized from {cfg.init}; newly initialized: {_key_groups(fresh)}; "
+                      f"unused: {_key_groups(unused)}")
+        else:
+            model.load_state_dict(init_state)
     if (latest := _latest(ckpts)) is not None:
         state = torch.load(latest, map_location=dev, weights_only=False)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optim"])
         step, epoch, in_epoch, elapsed = state["step"], state["epoch"], state["in_epoch"], state["elapsed"]
-    log = _Log(out / "train_log.csv", len(weights))
+    log = _Log(out / "train_log.csv", model.loss_names(), len(weights))
     use_compile = (dev.type == "cpu") if compile_model is None else compile_model
     fwd = torch.compile(model, dynamic=False) if use_compile else model
 
@@ -186,9 +205,8 @@ def fit(cfg: TrainConfig, out: Path | None = None, compile_model: bool | None = 
                 torch._dynamo.mark_dynamic(n, 0)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, cfg, total)
-            logps, lengths = fwd(feats, n)
-            losses = exit_losses(logps, lengths.cpu(), b)
-            loss = sum(w * l for w, l in zip(weights, losses))
+            terms = model.loss_terms(fwd, feats, n, b, weights)
+            loss = sum(terms.values())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
@@ -197,12 +215,12 @@ def fit(cfg: TrainConfig, out: Path | None = None, compile_model: bool | None = 
             dt = time.time() - t0
             elapsed += dt
             bar.update(1)
-            bar.set_postfix_str(" ".join(f"{l.item():.2f}" for l in losses))
+            bar.set_postfix_str(" ".join(f"{v.item():.2f}" for v in terms.values()))
             if step % cfg.log_every_steps == 0:
                 log.write({"step": step, "epoch": epoch, "lr": f"{lr_at(step, cfg, total):.2e}",
                            "loss": f"{loss.item():.4f}", "frames_per_s": round(int(n.sum()) / dt),
-                           "elapsed_s": round(elapsed), **{f"loss_exit{j + 1}": f"{l.item():.4f}"
-                                                           for j, l in enumerate(losses)}})
+                           "elapsed_s": round(elapsed), **{f"loss_{k}": f"{v.item():.4f}"
+                                                           for k, v in terms.items()}})
             if step % cfg.save_every_steps == 0 or step == total:
                 save()
             if stop_after_steps is not None and run_steps >= stop_after_steps:
