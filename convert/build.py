@@ -8,7 +8,8 @@
    the conversion fails.
 3. Cost per segment (convert/cost.py).
 4. Server model (convert/server.py): the remaining layers as ONNX, checked against torch under onnxruntime
-   (eeasr/server_model.py, which the server runs).
+   (eeasr/server_model.py, which the server runs); for a Conformer-AED also the last exit's attention decoder
+   and, with --lm, a Transformer LM (convert/aed_server.py; the server decodes with eeasr/aed_decode.py).
 5. Thresholds (convert/thresholds.py) on the TFLM outputs (and the server's on the TFLM handoff).
 6. Firmware sources (convert/csource.py) and manifest.json (convert/bundle.py, eeasr/bundle.py).
 """
@@ -30,6 +31,7 @@ from eeasr.bundle import Bundle, sha256_bytes, sha256_file
 Log = Callable[[str], None]
 
 DEFAULT_MIN_COSINE = 0.98
+CONVERTIBLE = ("conformer", "conformer-aed", "i3d")   # model families (cfg.model.encoder) with a conversion
 DEFAULT_MIN_AGREEMENT = 0.85
 
 
@@ -43,6 +45,9 @@ class ConvertOptions:
     eval_windows_per_t: int = 2                   # agreement windows per T_valid
     target_wer: float | None = None               # threshold calibration target (default: last exit + 2)
     threads: int = 1
+    beam: int = 10                                # Conformer-AED: the server decoder's attention beam
+    lm: Path | None = None                        # Conformer-AED: an `eeasr-train lm` run rescoring the N-best
+    lm_weight: float = 0.5                        # Conformer-AED: LM weight in the log-score am + w * lm
 
 
 def _versions() -> dict[str, str]:
@@ -117,6 +122,12 @@ def convert_checkpoint(checkpoint: Path, out: Path, opts: ConvertOptions, log: L
     _setup_threads(opts.threads)
     ck = load_checkpoint(checkpoint)
     cfg = ck.cfg.model
+    if cfg.encoder == "i3d":   # module segments and a gated program (convert/i3d.py)
+        from eeasr.convert.i3d import convert_i3d
+        return convert_i3d(ck, checkpoint, Path(out), opts, log, t_start)
+    if cfg.encoder not in CONVERTIBLE:
+        raise ValueError(f"{checkpoint}: {cfg.encoder!r} models cannot be converted yet; eeasr-convert converts "
+                         f"{', '.join(CONVERTIBLE)}")
     window = ck.cfg.data.window
     k = opts.exits
     if not 1 <= k <= len(cfg.exits):
@@ -124,6 +135,11 @@ def convert_checkpoint(checkpoint: Path, out: Path, opts: ConvertOptions, log: L
     bad16 = sorted(i for i in opts.int16 if not 1 <= i <= k)
     if bad16:
         raise ValueError(f"--int16 {bad16}: segments are numbered 1..{k}")
+    from eeasr.convert.aed_server import build_decoder, is_aed
+    aed = is_aed(ck.model) and k < len(cfg.exits)  # an AED's server finishes with its last exit's decoder
+    if opts.lm is not None and not aed:
+        raise ValueError(f"--lm: only a conformer-aed model with exits left for the server rescores with an LM "
+                         f"(this is {cfg.encoder!r} with {len(cfg.exits) - k} server exits)")
 
     # 1-3: device segments, agreement, cost
     t = time.perf_counter()
@@ -144,14 +160,15 @@ def convert_checkpoint(checkpoint: Path, out: Path, opts: ConvertOptions, log: L
 
     # 4: server model on the remaining layers
     from eeasr.convert.server import check_against_torch, export_onnx, remaining_exits
-    from eeasr.server_model import SERVER_INPUT_HIDDEN, SERVER_INPUT_LENGTHS, ServerModel, output_name
+    from eeasr.server_model import (SERVER_INPUT_HIDDEN, SERVER_INPUT_LENGTHS, SERVER_OUTPUT_MEMORY, ServerModel,
+                                    output_name)
     t = time.perf_counter()
     server_files: dict[str, bytes] = {}
     server_entry: dict[str, Any] | None = None
-    server = None
+    server = attention = None
     rest = remaining_exits(cfg.exits, k)
     if rest:
-        onnx_bytes = export_onnx(ck.model, k)
+        onnx_bytes = export_onnx(ck.model, k, memory=aed)
         server = ServerModel(onnx_bytes)
         idx = np.arange(min(8, len(calib)))
         check = check_against_torch(ck.model, k, server, calib.feats[idx], calib.n_frames[idx])
@@ -167,6 +184,14 @@ def convert_checkpoint(checkpoint: Path, out: Path, opts: ConvertOptions, log: L
                         "check": {"vs_torch_max_abs_logp": check, "runtime": "onnxruntime"}}
         log(f"server: ONNX for layers {cfg.exits[k - 1] + 1}-{cfg.exits[-1]} ({len(onnx_bytes):,} B), vs torch max "
             f"|d log p| {max(check.values()):.1e}")
+    if aed:
+        j, layer = rest[-1]
+        server_entry["outputs"][SERVER_OUTPUT_MEMORY] = {"exit": j, "layer": layer, "dtype": "float32",
+                                                         "kind": "hidden", "note": "the attention decoder's memory"}
+        dec_files, server_entry["decoder"], attention = build_decoder(
+            ck, calib.feats[idx], calib.n_frames[idx], [calib.texts[i] for i in idx], opts.beam, opts.lm,
+            opts.lm_weight, log)
+        server_files.update(dec_files)
     timings["server"] = time.perf_counter() - t
 
     # 5: thresholds on TFLM outputs (+ the server on the TFLM handoff)
@@ -196,7 +221,12 @@ def convert_checkpoint(checkpoint: Path, out: Path, opts: ConvertOptions, log: L
             server_agree.append(round(float(np.mean(a.argmax(-1) == b.argmax(-1))), 4))
         server_entry["check"]["argmax_agree_on_tflm_handoff"] = dict(
             zip([output_name(j) for j, _ in rest], server_agree))
-    thresholds = calibrate(logps, calib.texts, ck.tokenizer.decode, cfg.exits, k, opts.target_wer)
+    server_texts = None
+    if attention is not None:  # the server answers with the attention decoder: calibrate on its texts
+        server_texts = [ck.tokenizer.decode(r.tokens) for r in attention.decode(server_out[SERVER_OUTPUT_MEMORY],
+                                                                                enc_len)]
+    thresholds = calibrate(logps, calib.texts, ck.tokenizer.decode, cfg.exits, k, opts.target_wer,
+                           server_texts=server_texts)
     timings["thresholds"] = time.perf_counter() - t
     log(f"thresholds (target WER {thresholds['target_wer']:.1f}%): " + ", ".join(
         f"{m} {c['threshold']:.4g} (WER {c['wer']:.1f}%, avg layer {c['avg_exit_layer']:.2f})"

@@ -51,7 +51,9 @@ def _errors() -> tuple[type[BaseException], ...]:
 
 @main.command("convert")
 @click.argument("checkpoint", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--exits", "k", type=int, required=True, help="Exits on the device (EXITS): segments 1..K.")
+@click.option("--exits", "k", type=int, required=True,
+              help="Exits on the device (EXITS): segments 1..K (I3D: layers up to the K-th exit, as gated module "
+                   "segments).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Bundle directory to write.")
 @click.option("--min-cosine", type=float, default=None,
               help="Least hidden-state cosine, TFLM int8 vs float, per segment and T_valid [default: 0.98].")
@@ -63,8 +65,13 @@ def _errors() -> tuple[type[BaseException], ...]:
 @click.option("--target-wer", type=float, default=None,
               help="WER (%) the exit thresholds must meet on the calibration set [default: last exit's + 2].")
 @click.option("--threads", type=int, default=1, help="CPU threads for torch and TensorFlow.")
+@click.option("--beam", type=int, default=10, help="Conformer-AED: attention beam of the server's decoder.")
+@click.option("--lm", "lm", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Conformer-AED: an `eeasr-train lm` run; the server rescores its N-best with it.")
+@click.option("--lm-weight", type=float, default=0.5, help="Conformer-AED: LM weight in the log-score am + w * lm.")
 def convert(checkpoint: Path, k: int, out: Path, min_cosine: float | None, min_agreement: float | None,
-            int16: tuple[int, ...], calibration_windows: int, target_wer: float | None, threads: int) -> None:
+            int16: tuple[int, ...], calibration_windows: int, target_wer: float | None, threads: int, beam: int,
+            lm: Path | None, lm_weight: float) -> None:
     """Convert CHECKPOINT (a model directory with calibration.npz, as `eeasr-train export` writes) into a bundle."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from eeasr.convert.build import DEFAULT_MIN_AGREEMENT, DEFAULT_MIN_COSINE, ConvertOptions, convert_checkpoint
@@ -72,7 +79,7 @@ def convert(checkpoint: Path, k: int, out: Path, min_cosine: float | None, min_a
     opts = ConvertOptions(exits=k, min_cosine=DEFAULT_MIN_COSINE if min_cosine is None else min_cosine,
                           min_agreement=DEFAULT_MIN_AGREEMENT if min_agreement is None else min_agreement,
                           int16=frozenset(int16), calibration_windows=calibration_windows, target_wer=target_wer,
-                          threads=threads)
+                          threads=threads, beam=beam, lm=lm, lm_weight=lm_weight)
     try:
         convert_checkpoint(checkpoint, out, opts, log=lambda m: click.echo(m, err=True))
     except _errors() as e:
@@ -95,7 +102,8 @@ def report(path: Path, out: Path | None, threads: int) -> None:
     try:
         if (path / MANIFEST).exists():
             b = load_bundle(path)
-            rows = [{"k": i + 1, "name": s["name"], "exit_layer": s["exit"]["layer"], "cost": s["cost"]}
+            rows = [{"k": i + 1, "name": s["name"], "exit_layer": s["exit"]["layer"] if "exit" in s else s["layer"],
+                     "cost": s["cost"]}
                     for i, s in enumerate(b.segments)]
             window, title = b.window, f"bundle {path} (model {b.model_hash}, EXITS={b.device_exits})"
         else:

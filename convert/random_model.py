@@ -21,14 +21,18 @@ SENTENCES = [
 
 def write_random_model(out: Path, *, d_model: int = 144, n_heads: int = 4, ff_dim: int = 576, n_layers: int = 12,
                        exits: list[int] | None = None, conv_kernel: int = 15, vocab: int = 64, window: int = 600,
-                       n_calibration: int = 48, seed: int = 0) -> str:
-    """Write the directory; returns its model hash."""
+                       n_calibration: int = 48, seed: int = 0, encoder: str = "conformer",
+                       aed: dict | None = None, i3d: dict | None = None) -> str:
+    """Write the directory; returns its model hash. `encoder` names the model family (train/model.py ENCODERS),
+    `aed` the AEDConfig fields of a "conformer-aed", `i3d` the I3DConfig fields of an "i3d" (its gate
+    predictors' output layers are scaled up so the gate probabilities spread over (0, 1), as a trained
+    model's do, instead of all sitting near 0.5)."""
     import torch
 
     from eeasr.features import FeatureConfig, NormStats
     from eeasr.tokenizer import Tokenizer
     from eeasr.train.checkpoint import save_model
-    from eeasr.train.config import DataConfig, ModelConfig, TrainConfig, save_config
+    from eeasr.train.config import AEDConfig, DataConfig, I3DConfig, ModelConfig, TrainConfig, save_config
     from eeasr.train.model import build_model
 
     out = Path(out)
@@ -36,7 +40,8 @@ def write_random_model(out: Path, *, d_model: int = 144, n_heads: int = 4, ff_di
     tok = Tokenizer.train(SENTENCES * 4, out / "tokenizer.model", vocab_size=vocab)
     exits = exits if exits is not None else list(range(2, n_layers + 1, 2))
     mcfg = ModelConfig(d_model=d_model, n_heads=n_heads, ff_dim=ff_dim, n_layers=n_layers, conv_kernel=conv_kernel,
-                       exits=exits, dropout=0.0, vocab_size=tok.vocab_size)
+                       exits=exits, dropout=0.0, vocab_size=tok.vocab_size, encoder=encoder,
+                       aed=AEDConfig(**(aed or {})), i3d=I3DConfig(**(i3d or {})))
     cfg = TrainConfig(name="random", model=mcfg, data=DataConfig(window=window, vocab=vocab))
     save_config(cfg, out / "config.yaml")
     feats = FeatureConfig()
@@ -47,7 +52,9 @@ def write_random_model(out: Path, *, d_model: int = 144, n_heads: int = 4, ff_di
     model = build_model(mcfg).eval()
     with torch.no_grad():  # non-trivial BatchNorm statistics, as a trained model has
         g = torch.Generator().manual_seed(seed)
-        for block in model.blocks:
+        for gp in getattr(model, "gate_predictors", []):
+            gp.out.weight.mul_(8.0)
+        for block in getattr(model, "blocks", []):
             bn = block.conv.bn
             bn.running_mean.copy_(torch.randn(bn.running_mean.shape, generator=g) * 0.3)
             bn.running_var.copy_(torch.rand(bn.running_var.shape, generator=g) * 1.5 + 0.5)

@@ -4,7 +4,8 @@ against torch under onnxruntime (the runner, ServerModel, is eeasr/server_model.
 Input: the device's handoff, dequantized: `hidden` float32 [B, T, d] (the hidden state after layer EXITS'
 exit layer; frames past a window's valid count are ignored) and `lengths` int64 [B], the valid ENCODER frames.
 Outputs: `logp_exit{j}` float32 [B, T, V], the CTC log-probabilities of every remaining exit j (1-based exit
-numbers of the whole model). Batch and time are dynamic.
+numbers of the whole model), and with `memory` (a Conformer-AED, convert/aed_server.py) `memory` [B, T, d], the
+last exit's encoder output. Batch and time are dynamic.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from eeasr.server_model import SERVER_INPUT_HIDDEN, SERVER_INPUT_LENGTHS, ServerModel, output_name
+from eeasr.server_model import SERVER_INPUT_HIDDEN, SERVER_INPUT_LENGTHS, SERVER_OUTPUT_MEMORY, ServerModel, output_name
 
 OPSET = 17
 
@@ -24,8 +25,9 @@ class ServerCheckError(RuntimeError):
     """The ONNX server model does not reproduce the torch layers."""
 
 
-def server_module(model: Any, first_block: int) -> Any:
-    """A torch module running blocks [first_block, n) of an EarlyExitConformer and the exits after them."""
+def server_module(model: Any, first_block: int, memory: bool = False) -> Any:
+    """A torch module running blocks [first_block, n) of an EarlyExitConformer and the exits after them; with
+    `memory`, its last output is also the hidden state at the last exit."""
     import torch
     import torch.nn.functional as F
     from torch import nn
@@ -50,7 +52,8 @@ def server_module(model: Any, first_block: int) -> Any:
                 if j < len(self.exit_after) and i == self.exit_after[j]:
                     outs.append(F.log_softmax(self.exit_heads[j](x), dim=-1))
                     j += 1
-            return tuple(outs)
+                    last = x
+            return (*outs, last) if memory else tuple(outs)
 
     return ServerPart().eval()
 
@@ -60,14 +63,15 @@ def remaining_exits(exit_layers: list[int], k: int) -> list[tuple[int, int]]:
     return [(j + 1, layer) for j, layer in enumerate(exit_layers) if j >= k]
 
 
-def export_onnx(model: Any, k: int) -> bytes:
-    """ONNX bytes of the layers after exit k (TorchScript exporter, opset 17, dynamic batch and time)."""
+def export_onnx(model: Any, k: int, memory: bool = False) -> bytes:
+    """ONNX bytes of the layers after exit k (TorchScript exporter, opset 17, dynamic batch and time); with
+    `memory`, also the output `memory` (the last exit's hidden state)."""
     import torch
 
     cfg = model.cfg
     first = cfg.exits[k - 1]
-    module = server_module(model, first)
-    outs = [output_name(j) for j, _ in remaining_exits(cfg.exits, k)]
+    module = server_module(model, first, memory)
+    outs = [output_name(j) for j, _ in remaining_exits(cfg.exits, k)] + ([SERVER_OUTPUT_MEMORY] if memory else [])
     x = torch.zeros(2, 8, cfg.d_model)
     lengths = torch.tensor([8, 5])
     dyn = {SERVER_INPUT_HIDDEN: {0: "batch", 1: "frames"}, SERVER_INPUT_LENGTHS: {0: "batch"}}

@@ -31,16 +31,20 @@ def _select(values: np.ndarray, threshold: float, fallback: int) -> np.ndarray:
 
 def calibrate(logps: list[list[np.ndarray]], texts: list[str], decode: Any, exit_layers: list[int],
               device_exits: int | None = None, target_wer: float | None = None,
-              n_candidates: int = 200) -> dict[str, Any]:
+              n_candidates: int = 200, server_texts: list[str] | None = None) -> dict[str, Any]:
     """`logps[i][j]`: log-probabilities [T_valid, V] of utterance i at exit j (all exits of the model); the
-    first `device_exits` (default: all) run on the device. Returns the manifest's thresholds section: target,
-    WER of each exit that can answer, and per measure {threshold, wer, avg_exit_layer}."""
+    first `device_exits` (default: all) run on the device. `server_texts`: the server's answers when it does not
+    answer with its last exit's greedy CTC (a Conformer-AED's attention decoder). Returns the manifest's
+    thresholds section: target, WER of each exit that can answer, and per measure {threshold, wer,
+    avg_exit_layer}."""
     k = len(exit_layers) if device_exits is None else device_exits
     answering = list(range(k)) + ([len(exit_layers) - 1] if k < len(exit_layers) else [])
     logps = [[row[j] for j in answering] for row in logps]
     exit_layers = [exit_layers[j] for j in answering]
     n_exits = len(exit_layers)
     hyps = [[decode(greedy_ctc(lp)) for lp in row] for row in logps]
+    if server_texts is not None and k < len(logps[0]):
+        hyps = [h[:-1] + [s] for h, s in zip(hyps, server_texts, strict=True)]
     # word errors [N, E] and reference lengths [N], so each candidate threshold is a sum, not a new alignment
     counts = [_counts(texts, [h[j] for h in hyps], "word") for j in range(n_exits)]
     errors = np.stack([c[:, :3].sum(axis=1) for c in counts], axis=1)

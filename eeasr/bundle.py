@@ -6,6 +6,7 @@ A bundle is one directory:
   manifest.json        this module's schema (BUNDLE_FORMAT, BUNDLE_VERSION)
   segments/segK.tflite the device segments (int8 TFLite, run by TFLM)
   server/server.onnx   the layers after the last device exit (absent when every exit is on the device)
+  server/decoder_*.onnx, server/lm.onnx   a Conformer-AED's attention decoder and LM (eeasr/aed_decode.py)
   firmware/            C arrays of the segments and a config header
   tokenizer.model      the model's tokenizer (the host decodes with it)
 
@@ -21,13 +22,19 @@ manifest.json (version 1), the parts a consumer reads:
   outputs by name with dtype, shape, scale and zero point, arena, op list, agreement, cost), `boundaries`
   (both ends of every segment-to-segment hidden state, with `requantize` when they differ), `handoff` (the
   int8 hidden state after the last device segment: its quantization, layer and size), and `program`.
-- `program` describes what the device runs as a list of steps, each running one segment and then taking one
-  decision: {"segment": "seg1", "decision": {"type": "exit", "exit": 1}}; after the last step the device hands
-  off. A later dynamic model (I3D gated modules) uses the same list with {"type": "gate", ...} decisions and
-  a `kind` other than "early_exit"; a consumer refuses kinds it does not know.
+- `program` describes what the device runs. Kind "early_exit": a list of steps, each running one segment and
+  then taking one decision: {"segment": "seg1", "decision": {"type": "exit", "exit": 1}}; after the last step
+  the device hands off. Kind "gated" (I3D, eeasr/gated_program.py): {"front": segment, "predictor": {"kind":
+  "global" | "local", "segments": [one, or one per device layer], ...}, "layers": [{"layer": 1, "mha":
+  segment, "ffn": segment}, ... the device's layers], "head": {"segment", "exit", "layer"}, "beta",
+  "n_layers" (the model's), "module_mask" (modules in the HANDOFF mask)}: each module segment runs only when
+  its gate is open. A consumer refuses kinds it does not know.
 - `exits`: every exit of the model: index (1-based), layer, where ("device" or "server"), and its output name.
 - `thresholds`: per exit measure (eeasr.exits), the threshold calibrated on TFLM outputs, with the target.
 - `server`: file, sha256, the layer it starts after, input and output names (None when no layer is left).
+  For a Conformer-AED, `server.decoder` (None otherwise): the last exit's attention decoder (`init` and `step`
+  ONNX files, fed by the server model's `memory` output), its `sos`/`eos` ids and `vocab`, `beam`,
+  `length_norm`, `max_len_ratio`, and `lm` (file and `weight`, or None); eeasr/aed_decode.py runs it.
 - `files`: sha256 of every file in the bundle except manifest.json.
 """
 
@@ -46,7 +53,8 @@ from eeasr.features import dequantize_int8, quantize_int8, requantize_int8
 BUNDLE_FORMAT = "eeasr-bundle"
 BUNDLE_VERSION = 1
 MANIFEST = "manifest.json"
-PROGRAM_KINDS = ("early_exit",)
+PROGRAM_KINDS = ("early_exit", "gated")
+GATE_PREDICTORS = ("global", "local")
 
 
 class BundleError(ValueError):
@@ -180,7 +188,9 @@ def _check_schema(m: dict[str, Any], where: str) -> None:
     if kind not in PROGRAM_KINDS:
         raise BundleError(f"{where}: device program kind {kind!r} is not one this eeasr runs ({PROGRAM_KINDS})")
     names = [s["name"] for s in dev["segments"]]
-    for step in dev["program"]["steps"]:
+    if kind == "gated":
+        _check_gated(dev["program"], names, where)
+    for step in dev["program"].get("steps", []):
         if step["segment"] not in names:
             raise BundleError(f"{where}: program step runs unknown segment {step['segment']!r}")
     for b in dev["boundaries"]:
@@ -188,6 +198,31 @@ def _check_schema(m: dict[str, Any], where: str) -> None:
         if bool(b["requantize"]) != (src != dst):
             raise BundleError(f"{where}: boundary {b['from']} -> {b['to']} has quantization {src} -> {dst} but "
                               f"requantize={b['requantize']}")
+
+
+def _check_gated(prog: dict[str, Any], names: list[str], where: str) -> None:
+    """A gated (I3D) program: the segments it names exist, one predictor per layer for a local predictor, beta in
+    [0, 1], and a module mask that covers the device's layers (and every layer for a global predictor)."""
+    pred = prog["predictor"]
+    if pred["kind"] not in GATE_PREDICTORS:
+        raise BundleError(f"{where}: gate predictor {pred['kind']!r}, expected one of {GATE_PREDICTORS}")
+    layers = prog["layers"]
+    if not layers or [e["layer"] for e in layers] != list(range(1, len(layers) + 1)):
+        raise BundleError(f"{where}: gated program layers {[e.get('layer') for e in layers]} are not 1..K")
+    if len(pred["segments"]) != (1 if pred["kind"] == "global" else len(layers)):
+        raise BundleError(f"{where}: a {pred['kind']} gate predictor with {len(pred['segments'])} segment(s) for "
+                          f"{len(layers)} layer(s)")
+    used = [prog["front"], prog["head"]["segment"], *pred["segments"], *(e[m] for e in layers for m in ("mha", "ffn"))]
+    unknown = [n for n in used if n not in names]
+    if unknown:
+        raise BundleError(f"{where}: gated program runs unknown segment(s) {unknown}")
+    if not 0.0 <= float(prog["beta"]) <= 1.0:
+        raise BundleError(f"{where}: gate threshold beta {prog['beta']} outside [0, 1]")
+    n_model = int(prog["n_layers"])
+    want = 2 * (n_model if pred["kind"] == "global" else len(layers))
+    if int(prog["module_mask"]) != want or len(layers) > n_model:
+        raise BundleError(f"{where}: module mask of {prog['module_mask']} modules for a {pred['kind']} predictor, "
+                          f"{len(layers)} device layer(s) of {n_model}; expected {want}")
 
 
 def load_bundle(path: str | Path, model_hash: str | None = None, bundle_id: str | None = None,

@@ -120,6 +120,7 @@ class WindowOutput:
     hidden_qparams: QParams
     hidden_layer: int
     steps: list[StepOutput] = field(default_factory=list)
+    module_mask: list[bool] = field(default_factory=list)   # the HANDOFF's module mask: empty here (gated programs)
 
     @property
     def hidden(self) -> np.ndarray:
@@ -175,6 +176,9 @@ class DeviceProgram:
 
         m = bundle.manifest
         dev = m["device"]
+        if dev["program"]["kind"] != "early_exit":
+            raise BundleError(f"{bundle.path}: device program kind {dev['program']['kind']!r}; this runner executes "
+                              f"early-exit programs (gated programs: eeasr.gated_program)")
         by_name = {s["name"]: s for s in dev["segments"]}
         steps = dev["program"]["steps"]
         for st in steps:

@@ -27,6 +27,8 @@ MAX_ENCODED = MAX_FRAME + MAX_FRAME // 254 + 2   # COBS overhead + delimiter
 MAX_AUDIO_SAMPLES = 4096
 MAX_TOKENS = 1024
 MAX_TEXT = 4096
+MAX_MODULES = 255                        # a HANDOFF module mask counts its modules in one byte
+BAD_MODULE_MASK = "handoff: bad module mask (a count of 1 to 255 modules, then ceil(count / 8) bytes, unused bits 0)"
 
 
 class MsgType(IntEnum):
@@ -213,7 +215,10 @@ class Result:
 
 @dataclass
 class Handoff:
-    """Device -> host -> server: the int8 hidden state after the device's last segment."""
+    """Device -> host -> server: the int8 hidden state after the device's last segment, and for a gated (I3D)
+    program the module mask: `modules[i]` is module i (layer i // 2 + 1, attention if i is even, feed-forward
+    if odd) — on the device's layers, whether it ran; past them (a global gate predictor), the device
+    predictor's decision, which the server applies. Empty for early-exit programs: no trailer on the wire."""
     TYPE: ClassVar[MsgType] = MsgType.HANDOFF
     LAYOUT: ClassVar[struct.Struct] = struct.Struct("<IHBB8sfbxHH")
     utt_id: int
@@ -224,15 +229,19 @@ class Handoff:
     scale: float
     zero_point: int
     hidden: np.ndarray                # int8 [T_valid, d]
+    modules: list[bool] = field(default_factory=list)
 
     def pack(self) -> bytes:
         h = np.asarray(self.hidden)
         if h.dtype != np.int8 or h.ndim != 2:
             raise ProtocolError("handoff: hidden must be a 2-D int8 array [T_valid, d]")
-        if self.LAYOUT.size + h.size > MAX_PAYLOAD:
+        if len(self.modules) > MAX_MODULES:
+            raise ProtocolError(f"handoff: module mask of {len(self.modules)} modules exceeds {MAX_MODULES}")
+        mask = module_mask_bytes(self.modules)
+        if self.LAYOUT.size + h.size + len(mask) > MAX_PAYLOAD:
             raise ProtocolError(f"handoff: {h.shape[0]} x {h.shape[1]} exceeds the {MAX_PAYLOAD}-byte payload limit")
         return self.LAYOUT.pack(self.utt_id, self.window, self.flags, self.layer, _hash8(self.model_hash, "model hash"),
-                                self.scale, self.zero_point, h.shape[0], h.shape[1]) + h.tobytes()
+                                self.scale, self.zero_point, h.shape[0], h.shape[1]) + h.tobytes() + mask
 
     @classmethod
     def unpack(cls, p: bytes) -> Handoff:
@@ -240,11 +249,32 @@ class Handoff:
         if len(p) < n0:
             raise ProtocolError(f"handoff: payload of {len(p)} bytes is shorter than {n0}")
         u, w, fl, ly, mh, sc, zp, t, d = cls.LAYOUT.unpack_from(p)
-        if len(p) != n0 + t * d:
+        end = n0 + t * d
+        if len(p) < end:
             raise ProtocolError(f"handoff: {len(p) - n0} state bytes for {t} x {d} frames")
+        modules = parse_module_mask(p[end:])
         if not np.isfinite(sc) or sc <= 0:
             raise ProtocolError(f"handoff: scale {sc} is not a positive number")
-        return cls(u, w, fl, ly, mh.hex(), sc, zp, np.frombuffer(p[n0:], dtype=np.int8).reshape(t, d).copy())
+        return cls(u, w, fl, ly, mh.hex(), sc, zp, np.frombuffer(p[n0:end], dtype=np.int8).reshape(t, d).copy(),
+                   modules)
+
+
+def module_mask_bytes(modules: list[bool]) -> bytes:
+    """The HANDOFF trailer for `modules`: nothing for none, else u8 count + ceil(count / 8) bytes, bit i of the
+    mask (byte i // 8, bit i % 8, least significant first) = modules[i], unused bits 0."""
+    if not modules:
+        return b""
+    return bytes([len(modules)]) + np.packbits(np.asarray(modules, bool), bitorder="little").tobytes()
+
+
+def parse_module_mask(trailer: bytes) -> list[bool]:
+    """Inverse of module_mask_bytes; ProtocolError for a trailer that is not exactly one canonical mask."""
+    if not trailer:
+        return []
+    n = trailer[0]
+    if n == 0 or len(trailer) != 1 + (n + 7) // 8 or (n % 8 and trailer[-1] >> (n % 8)):
+        raise ProtocolError(BAD_MODULE_MASK)
+    return np.unpackbits(np.frombuffer(trailer[1:], np.uint8), count=n, bitorder="little").astype(bool).tolist()
 
 
 @dataclass

@@ -3,7 +3,11 @@
 CTC convention, defined here once: token id 0 is the CTC blank and token id = sentencepiece id + 1,
 so the CTC output layer has `Tokenizer.vocab_size` = sp.vocab_size() + 1 units. Sentencepiece id 0
 is <unk> (token id 1); it never occurs for normalized text because every character of the
-normalized alphabet is forced into the vocabulary. There is no bos, eos or pad.
+normalized alphabet is forced into the vocabulary. There is no bos, eos or pad in the CTC units.
+
+Attention decoders and language models (train/aed.py, train/lm.py, eeasr/aed_decode.py) use the same unit ids
+plus two of their own, defined here once: sos = V (decoder input only) and eos = V + 1 (decoder output only),
+`decoder_vocab(V)` = V + 2 ids in all (V = Tokenizer.vocab_size).
 
 `encode` runs eeasr.text.normalize_text on its input (idempotent, so already normalized text
 passes unchanged); `decode` returns normalized text, so decode(encode(x)) == normalize_text(x).
@@ -22,8 +26,22 @@ import sentencepiece as spm
 from eeasr.text import normalize_text
 
 BLANK_ID = 0
+
 # The whole output alphabet of normalize_text; required so that no normalized text maps to <unk>.
 _ALPHABET = "abcdefghijklmnopqrstuvwxyz'"
+
+
+def decoder_vocab(vocab_size: int) -> int:
+    """Decoder (and LM) ids for a tokenizer of `vocab_size` CTC units: the same ids plus sos and eos."""
+    return vocab_size + 2
+
+
+def sos_id(vocab_size: int) -> int:
+    return vocab_size
+
+
+def eos_id(vocab_size: int) -> int:
+    return vocab_size + 1
 
 
 class Tokenizer:

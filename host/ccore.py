@@ -97,7 +97,8 @@ class _Result(ctypes.Structure):
 
 class _Handoff(ctypes.Structure):
     _fields_ = [("utt_id", _U32), ("window", _U16), ("flags", _U8), ("layer", _U8), ("model_hash", _U8 * 8),
-                ("scale", _FLOAT), ("zero_point", ctypes.c_int8), ("t_valid", _U16), ("d", _U16), ("hidden", _VOID)]
+                ("scale", _FLOAT), ("zero_point", ctypes.c_int8), ("t_valid", _U16), ("d", _U16), ("hidden", _VOID),
+                ("n_modules", _U8), ("modules", _VOID)]
 
 
 class _ErrorMsg(ctypes.Structure):
@@ -433,6 +434,7 @@ class Reason(IntEnum):
     BAD_EXIT_COUNT = 21
     TOO_MANY_TOKENS = 22
     TEXT_TOO_LONG = 23
+    BAD_MODULE_MASK = 24
 
 
 def reason_str(reason: int) -> str:
@@ -538,10 +540,13 @@ def _to_c(msg: P.Message, seq: int, keep: list) -> _Message:
             raise P.ProtocolError(f"handoff: {t} x {d} exceeds the {P.MAX_PAYLOAD}-byte payload limit")
         if not -128 <= msg.zero_point <= 127:
             raise P.ProtocolError(f"handoff: zero point {msg.zero_point} is not int8")
+        if len(msg.modules) > P.MAX_MODULES:
+            raise P.ProtocolError(f"handoff: module mask of {len(msg.modules)} modules exceeds {P.MAX_MODULES}")
+        bits = P.module_mask_bytes(msg.modules)[1:]
         m.u.handoff = _Handoff(_uint(msg.utt_id, 32, "utt id"), _uint(msg.window, 16, "window"),
                                _uint(msg.flags, 8, "flags"), _uint(msg.layer, 8, "layer"),
                                _hash8(msg.model_hash, "model hash"), _float32(msg.scale), msg.zero_point, t, d,
-                               ref(np.ascontiguousarray(h).tobytes()))
+                               ref(np.ascontiguousarray(h).tobytes()), len(msg.modules), ref(bits))
     elif isinstance(msg, P.Error):
         text = P.encode_utf8(msg.message, "error message")
         m.u.error = _ErrorMsg(_uint(msg.code, 16, "error code"), len(text), ref(text))
@@ -610,8 +615,10 @@ def _from_c(m: _Message) -> P.Message:
     if t == P.MsgType.HANDOFF:
         h = u.handoff
         hidden = np.frombuffer(_string(h.hidden, h.t_valid * h.d), np.int8).reshape(h.t_valid, h.d).copy()
+        mask = np.frombuffer(_string(h.modules, (h.n_modules + 7) // 8), np.uint8)
+        modules = np.unpackbits(mask, count=h.n_modules, bitorder="little").astype(bool).tolist()
         return P.Handoff(h.utt_id, h.window, h.flags, h.layer, bytes(h.model_hash).hex(), h.scale, h.zero_point,
-                         hidden)
+                         hidden, modules)
     if t == P.MsgType.ERROR:
         return P.Error(u.error.code, _string(u.error.message, u.error.message_len).decode())
     if t == P.MsgType.ACK:

@@ -78,6 +78,8 @@ def serve(bundle_dir: str, host: str, port: int, token: str | None, batch_wait_m
               help="Exit measure [default: the bundle's default_measure].")
 @click.option("--threshold", type=float, default=None,
               help="Answer at an exit when its measure is <= this [default: the bundle's calibrated threshold].")
+@click.option("--beta", type=click.FloatRange(0, 1), default=None,
+              help="Gated (I3D) bundles: run a module when its gate probability is > this [default: the bundle's].")
 @click.option("--baudrate", default=921600, type=click.IntRange(1), help="For a serial device.")
 @click.option("--core", type=click.Choice(["c", "python"]), default="c",
               help="`c`: features, exit policy, framing and endpointing by the firmware's own C code "
@@ -85,8 +87,8 @@ def serve(bundle_dir: str, host: str, port: int, token: str | None, batch_wait_m
 @click.option("--exit-with-parent", is_flag=True,
               help="Stop when the process that started this one ends (how `eeasr-host stream` runs it).")
 @click.option("-v", "--verbose", is_flag=True, help="Log every utterance and window to stderr.")
-def device_sim(bundle_dir: str, port: str, measure: str | None, threshold: float | None, baudrate: int, core: str,
-               exit_with_parent: bool, verbose: bool) -> None:
+def device_sim(bundle_dir: str, port: str, measure: str | None, threshold: float | None, beta: float | None,
+               baudrate: int, core: str, exit_with_parent: bool, verbose: bool) -> None:
     """Run the simulated device: the ESP32-S3 firmware's behaviour over a serial line (docs/protocol.md).
 
     Sends HELLO, takes AUDIO (host-segmented utterances, or the energy endpointer's), computes log-mel
@@ -99,7 +101,7 @@ def device_sim(bundle_dir: str, port: str, measure: str | None, threshold: float
     from eeasr.host.device_sim import PortClosed, run_device_sim
 
     try:
-        run_device_sim(bundle_dir, port, measure, threshold, baudrate, exit_with_parent, verbose, core)
+        run_device_sim(bundle_dir, port, measure, threshold, baudrate, exit_with_parent, verbose, core, beta)
     except (BundleError, PortClosed, ValueError, RuntimeError) as e:
         raise click.ClickException(str(e).splitlines()[0]) from None
     except KeyboardInterrupt:

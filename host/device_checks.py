@@ -118,7 +118,7 @@ def _framing_check(dev: Device, x: np.ndarray, n: int) -> dict[str, Any]:
     qp = out.hidden_qparams
     msgs: list[P.Message] = [dev.hello, P.Result(7, 1, P.ResultFlag.FINAL, 1, 2, 0, 0.25, [3, 1, 4]),
                              P.Handoff(7, 1, 0, out.hidden_layer, dev.hello.model_hash, qp.scale, qp.zero_point,
-                                       np.ascontiguousarray(out.hidden_q)),
+                                       np.ascontiguousarray(out.hidden_q), out.module_mask),
                              P.Error(P.ErrorCode.BAD_FRAME, "crc mismatch"), P.Ack(5, P.MsgType.AUDIO)]
     framing = dev.core.framing
     bad = 0

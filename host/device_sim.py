@@ -38,6 +38,7 @@ import numpy as np
 from eeasr import protocol as P
 from eeasr.bundle import Bundle, QParams, quantize
 from eeasr.device_program import DeviceProgram, ExitOutput, WindowOutput
+from eeasr.gated_program import GatedProgram
 from eeasr.endpoint import HOP, PREROLL_HOPS, START_HOPS, Endpointer, Event
 from eeasr.exits import BLANK, frame_entropy, greedy_ctc, nonblank_entropy
 from eeasr.features import FeatureConfig, NormStats, StreamingLogMel
@@ -55,6 +56,7 @@ MEASURE_FN = {P.Measure.FRAME_ENTROPY: frame_entropy, P.Measure.NONBLANK_ENTROPY
 DEVICE_RX_BYTES = P.MAX_AUDIO_SAMPLES * 2 + 2 + P.HEADER.size + P.CRC.size
 DEVICE_RX_BYTES += DEVICE_RX_BYTES // 254 + 1
 Log = Callable[[str], None]
+Program = DeviceProgram | GatedProgram   # by the bundle's program kind (eeasr.gated_program.load_program)
 
 
 # ---- seams -------------------------------------------------------------------------------------------------
@@ -215,7 +217,7 @@ def bundle_threshold(bundle: Bundle, measure: str | None = None) -> tuple[str, f
     return name, (float(entry["threshold"]) if entry else None)
 
 
-def _seam_inputs(bundle: Bundle, program: DeviceProgram, measure: str | None,
+def _seam_inputs(bundle: Bundle, program: Program, measure: str | None,
                  threshold: float | None) -> tuple[FeatureConfig, NormStats, QParams, str, float | None, int]:
     f = bundle.manifest["features"]
     name, calibrated = bundle_threshold(bundle, measure)
@@ -223,7 +225,7 @@ def _seam_inputs(bundle: Bundle, program: DeviceProgram, measure: str | None,
             calibrated if threshold is None else threshold, int(bundle.manifest["model"].get("blank", BLANK)))
 
 
-def python_core(bundle: Bundle, program: DeviceProgram, measure: str | None = None,
+def python_core(bundle: Bundle, program: Program, measure: str | None = None,
                 threshold: float | None = None) -> Core:
     """The Python reference of every seam for `bundle`; `threshold` overrides the calibrated one."""
     cfg, norm, qp, name, th, blank = _seam_inputs(bundle, program, measure, threshold)
@@ -231,7 +233,7 @@ def python_core(bundle: Bundle, program: DeviceProgram, measure: str | None = No
                 "python reference")
 
 
-def c_core(bundle: Bundle, program: DeviceProgram, measure: str | None = None,
+def c_core(bundle: Bundle, program: Program, measure: str | None = None,
            threshold: float | None = None) -> Core:
     """Every seam from the firmware's portable C core (host/ccore.py builds libeeasr_core.so on first use).
     Raises CCoreError when the library cannot be built or loaded, ValueError for a bundle it cannot serve."""
@@ -277,7 +279,7 @@ class SegmentTimes:
 class Device:
     """The firmware's behaviour for one bundle; `handle` turns each decoded frame into the frames to send."""
 
-    def __init__(self, bundle: Bundle, program: DeviceProgram, core: Core, log: Log = lambda _: None) -> None:
+    def __init__(self, bundle: Bundle, program: Program, core: Core, log: Log = lambda _: None) -> None:
         self.bundle, self.program, self.core, self.log = bundle, program, core, log
         m = bundle.manifest
         self.hello = P.Hello(
@@ -452,7 +454,7 @@ class Device:
                        d.tokens)
         qp = out.hidden_qparams
         yield P.Handoff(utt.id, idx, flags, out.hidden_layer, self.hello.model_hash, qp.scale, qp.zero_point,
-                        np.ascontiguousarray(out.hidden_q))
+                        np.ascontiguousarray(out.hidden_q), out.module_mask)
 
     def run_window(self, x_q: np.ndarray, n_frames: int) -> tuple[WindowOutput, ExitDecision]:
         """The device program on one window with the exit policy deciding after each segment; each segment's
@@ -573,17 +575,19 @@ def stderr_log(msg: str) -> None:
 
 def run_device_sim(bundle_dir: str | Path, port: str = "pty", measure: str | None = None,
                    threshold: float | None = None, baudrate: int = 921600, exit_with_parent: bool = False,
-                   verbose: bool = False, core: str = "c") -> None:
+                   verbose: bool = False, core: str = "c", beta: float | None = None) -> None:
     """`eeasr-host device-sim`: load the bundle (BundleError, TFLMError, ValueError with a one-line reason when
     it does not), build the `core` ("c": the firmware's eeasr_core, RuntimeError with a one-line reason when it
     cannot be built; "python": the reference), open the port, print the pty path if it made one, serve until
-    the port closes (PortClosed)."""
+    the port closes (PortClosed). The program is the bundle's kind: early-exit segments, or a gated (I3D)
+    program (eeasr/gated_program.py) whose gate threshold `beta` overrides the manifest's."""
     from eeasr.bundle import load_bundle
+    from eeasr.gated_program import load_program
 
     if core not in CORES:
         raise ValueError(f"core {core!r}: choose {' or '.join(CORES)}")
     bundle = load_bundle(bundle_dir)
-    program = DeviceProgram.from_bundle(bundle)
+    program = load_program(bundle, beta)
     try:
         seams = CORES[core](bundle, program, measure, threshold)
     except ccore.CCoreError as e:

@@ -6,7 +6,9 @@ one this bundle can continue (400 malformed, 409 another model or another EXITS)
 state with the frame's own scale and zero point, and queues it. A batcher collects what arrives within
 `batch_wait_ms` of the oldest queued handoff (at most `max_batch`), pads to the longest, runs the server ONNX
 once in a worker thread (the event loop keeps accepting meanwhile) and answers each handoff with its last
-exit's greedy CTC tokens, text and frame entropy. `GET /healthz` and `GET /metrics` need no token.
+exit's greedy CTC tokens, text and frame entropy, or, for a Conformer-AED bundle, the last exit's attention beam
+search (+ LM rescoring) tokens, text and N-best posterior (eeasr/aed_decode.py); the reply's "decoder" says
+which ("ctc", "attention", "attention+lm"). `GET /healthz` and `GET /metrics` need no token.
 """
 
 from __future__ import annotations
@@ -28,12 +30,14 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
+from eeasr.aed_decode import AttentionDecoder, AttentionResult
 from eeasr.bundle import Bundle, load_bundle
 from eeasr.exits import frame_entropy, greedy_ctc
 from eeasr.features import dequantize_int8
 from eeasr.host.metrics import ServerMetrics
 from eeasr.protocol import MAX_FRAME, Handoff, Measure, ProtocolError, unpack_frame
-from eeasr.server_model import ServerModel
+from eeasr.gated_program import server_gate_input
+from eeasr.server_model import SERVER_OUTPUT_GATES, SERVER_OUTPUT_MEMORY, ServerModel
 from eeasr.tokenizer import Tokenizer
 
 HANDOFF_PATH = "/v1/handoff"
@@ -57,8 +61,11 @@ class Decoded:
     """One handoff's answer from the server's last exit."""
     tokens: list[int]
     text: str
-    confidence: float                # frame entropy (Eq. 5) over the valid frames
-    logp: np.ndarray                 # [T_valid, V] log-probabilities
+    confidence: float                # frame entropy (Eq. 5) over the valid frames, or the N-best posterior (Eq. 6)
+    logp: np.ndarray                 # [T_valid, V] CTC log-probabilities
+    measure: Measure = Measure.FRAME_ENTROPY
+    decoder: str = "ctc"             # which decoder answered: "ctc", "attention" or "attention+lm"
+    modules_run: int | None = None   # a gated (I3D) bundle: the server's modules that ran
 
 
 class Suffix:
@@ -68,6 +75,8 @@ class Suffix:
         m = bundle.manifest
         self.bundle = bundle
         self.model = ServerModel.from_bundle(bundle, threads)
+        self.decoder = AttentionDecoder.from_bundle(bundle, threads)  # None: answer with greedy CTC
+        self.decoder_name = "ctc" if self.decoder is None else self.decoder.name
         self.tokenizer = Tokenizer.load(bundle.file(m["tokenizer"]["file"]))
         self.after_layer = int(m["server"]["after_layer"])     # the layer a handoff's state comes out of
         last = m["exits"][-1]
@@ -75,6 +84,11 @@ class Suffix:
         self.d_model = int(m["model"]["d_model"])
         self.max_frames = int(m["window"]["encoder_frames"])
         self.hash8 = bundle.model_hash[:16]                    # what a frame carries (8 bytes)
+        # A gated (I3D) bundle: {"predictor", "beta", "n_layers"}; its handoffs carry a module mask of this many
+        # modules (a global predictor's covers every layer, a local one's the device's), early-exit ones none.
+        self.gated: dict[str, Any] | None = m["server"].get("gated")
+        self.mask_modules = 0 if not self.gated else 2 * (int(self.gated["n_layers"]) if
+                                                          self.gated["predictor"] == "global" else self.after_layer)
 
     @classmethod
     def load(cls, bundle_dir: str | Path, threads: int = 1) -> Suffix:
@@ -83,7 +97,8 @@ class Suffix:
     def health(self) -> dict[str, Any]:
         return {"status": "ok", "model_hash": self.bundle.model_hash, "bundle_id": self.bundle.bundle_id,
                 "first_layer": self.after_layer + 1, "handoff_layer": self.after_layer, "exit": self.exit,
-                "exit_layer": self.layer, "d_model": self.d_model, "max_frames": self.max_frames}
+                "exit_layer": self.layer, "d_model": self.d_model, "max_frames": self.max_frames,
+                "decoder": self.decoder_name}
 
     def check(self, h: Handoff) -> None:
         """Raises HTTPConflict (another model or EXITS) or HTTPBadRequest (a shape this model cannot take)."""
@@ -97,25 +112,47 @@ class Suffix:
             raise web.HTTPBadRequest(text=f"handoff state is {d} wide, the model's d_model is {self.d_model}")
         if t > self.max_frames:
             raise web.HTTPBadRequest(text=f"handoff has {t} frames, a window holds at most {self.max_frames}")
+        if len(h.modules) != self.mask_modules:
+            raise web.HTTPBadRequest(text=f"handoff carries a module mask of {len(h.modules)} modules, this "
+                                          f"{'gated' if self.gated else 'early-exit'} bundle takes {self.mask_modules}")
 
-    def run_batch(self, hiddens: list[np.ndarray]) -> list[Decoded]:
+    def run_batch(self, hiddens: list[np.ndarray], masks: list[list[bool]] | None = None) -> list[Decoded]:
         """Float hidden states [T_i, d] -> one model call on the batch padded to the longest T -> each item's
         decoded last exit over its own valid frames. Empty states (a window without an encoder frame) are
-        answered without the model."""
+        answered without the model (an attention decoder's answer: no tokens, posterior 1). A gated bundle
+        takes each handoff's module mask in `masks`."""
         live = [i for i, h in enumerate(hiddens) if len(h)]
         logps = [np.zeros((0, self.tokenizer.vocab_size), np.float32) for _ in hiddens]
+        attention: dict[int, AttentionResult] = {}
+        modules_run: dict[int, int] = {}
         if live:
             lengths = np.array([len(hiddens[i]) for i in live], np.int64)
             x = np.zeros((len(live), int(lengths.max()), self.d_model), np.float32)
             for row, i in enumerate(live):
                 x[row, :lengths[row]] = hiddens[i]
-            out = self.model(x, lengths)[self.output]
+            gates = None if not self.gated else server_gate_input(
+                self.gated["predictor"], self.after_layer, int(self.gated["n_layers"]),
+                [(masks or [])[i] for i in live], float(self.gated["beta"]))
+            outs = self.model(x, lengths, gates)
+            out = outs[self.output]
+            if self.gated:
+                modules_run = dict(zip(live, outs[SERVER_OUTPUT_GATES].sum(axis=(1, 2)).astype(int).tolist()))
             for row, i in enumerate(live):
                 logps[i] = out[row, :lengths[row]]
+            if self.decoder is not None:
+                attention = dict(zip(live, self.decoder.decode(outs[SERVER_OUTPUT_MEMORY], lengths)))
         res = []
-        for lp in logps:
-            tokens = greedy_ctc(lp)
-            res.append(Decoded(tokens, self.tokenizer.decode(tokens), frame_entropy(lp), lp))
+        for i, lp in enumerate(logps):
+            if self.decoder is None:
+                tokens = greedy_ctc(lp)
+                res.append(Decoded(tokens, self.tokenizer.decode(tokens), frame_entropy(lp), lp))
+                if self.gated:
+                    res[-1].modules_run = modules_run.get(i, 0)
+            else:
+                a = attention.get(i)
+                tokens = a.tokens if a else []
+                res.append(Decoded(tokens, self.tokenizer.decode(tokens), a.posterior if a else 1.0, lp,
+                                   Measure.NBEST_POSTERIOR, self.decoder_name))
         return res
 
 
@@ -124,6 +161,7 @@ class _Job:
     hidden: np.ndarray
     arrived: float                                   # time.perf_counter()
     future: asyncio.Future
+    modules: list[bool] = field(default_factory=list)   # the handoff's module mask (gated bundles)
 
 
 @dataclass
@@ -145,10 +183,10 @@ class Batcher:
         self.wake = asyncio.Event()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eeasr-suffix")
 
-    async def submit(self, hidden: np.ndarray, arrived: float) -> BatchResult:
+    async def submit(self, hidden: np.ndarray, arrived: float, modules: list[bool] | None = None) -> BatchResult:
         if len(self.pending) >= self.max_queue:
             raise web.HTTPServiceUnavailable(text=f"server busy: {len(self.pending)} handoffs queued; retry later")
-        job = _Job(hidden, arrived, asyncio.get_running_loop().create_future())
+        job = _Job(hidden, arrived, asyncio.get_running_loop().create_future(), list(modules or []))
         self.pending.append(job)
         self.wake.set()
         return await job.future
@@ -176,7 +214,8 @@ class Batcher:
                 continue
             start = time.perf_counter()
             try:
-                decoded = await loop.run_in_executor(self.executor, self.suffix.run_batch, [j.hidden for j in jobs])
+                decoded = await loop.run_in_executor(self.executor, self.suffix.run_batch, [j.hidden for j in jobs],
+                                                     [j.modules for j in jobs])
             except Exception as e:  # noqa: BLE001 - every waiting request gets the failure, the loop goes on
                 for j in jobs:
                     if not j.future.done():
@@ -248,7 +287,7 @@ def build_app(suffix: Suffix, token: str, opts: ServeOptions) -> web.Application
                 raise web.HTTPBadRequest(text=f"bad frame: expected a HANDOFF frame, got {msg.TYPE.name}")
             suffix.check(msg)
             hidden = dequantize_int8(msg.hidden, msg.scale, msg.zero_point)
-            res = await batcher.submit(hidden, arrived)
+            res = await batcher.submit(hidden, arrived, msg.modules)
             total = time.perf_counter() - arrived
             metrics.queue.observe(res.queue_s)
             metrics.compute.observe(res.compute_s)
@@ -256,11 +295,11 @@ def build_app(suffix: Suffix, token: str, opts: ServeOptions) -> web.Application
             d = res.decoded
             return web.json_response({
                 "utt_id": msg.utt_id, "window": msg.window, "exit": suffix.exit, "layer": suffix.layer,
-                "measure": int(Measure.FRAME_ENTROPY), "confidence": d.confidence, "tokens": d.tokens,
-                "text": d.text, "timings_ms": {"queue": round(res.queue_s * 1000, 3),
+                "measure": int(d.measure), "confidence": d.confidence, "tokens": d.tokens,
+                "text": d.text, "decoder": d.decoder, "timings_ms": {"queue": round(res.queue_s * 1000, 3),
                                                "compute": round(res.compute_s * 1000, 3),
                                                "total": round(total * 1000, 3)},
-                "batch_size": res.batch_size})
+                "batch_size": res.batch_size, **({} if d.modules_run is None else {"modules_run": d.modules_run})})
         finally:
             metrics.in_flight.dec()
 

@@ -211,9 +211,11 @@ def float_tokens(ck, pcm: np.ndarray) -> list[list[int]]:
     return out
 
 
-@pytest.mark.xfail(strict=True, reason="the int8 device segments of models/default change ~8% of the tokens the "
-                                       "float model emits (0.92 agreement on 60 held-out utterances; int16 "
-                                       "activations do not convert for this graph); issue 5 asks for 0.99")
+@pytest.mark.xfail(strict=True, reason="issue 5 asks for 0.99; models/default's greedy tokens are too fragile for "
+                                       "that under the contract's int8 steps: its int8 segments keep 0.91 of the "
+                                       "float tokens on 300 held-out test windows, and even float segments between "
+                                       "the int8 features and the int8 handoff only 0.989 (bench/segment_agreement.py "
+                                       "--limit 300)")
 def test_handed_off_windows_match_the_float_model(e2e: Run, float_model):
     """Issue 5: handed-off windows agree with the float model run on the same windows (1 - token edit
     distance / length, over all their tokens) at least 99%."""

@@ -10,12 +10,15 @@ Conformer-CTC.
 Inference (`EarlyExitConformerAED.beam_search`, `beam_search`): attention beam search per exit (no CTC prefix
 score), the N-best rescored with a Transformer LM (`rescore`, train/lm.py: N-best rescoring as in the paper, not
 shallow fusion), and the N-best sentence posterior of Eq. 6 (`sentence_posterior`) as the exit-selection measure.
+The search, the rescoring and the posterior are eeasr/aed_decode.py's (numpy), which the server runs on the
+exported decoder (convert/aed_server.py): one definition, so both rank hypotheses alike.
 `evaluate_aed` scores every exit (CTC greedy, attention beam, attention beam + LM) through the device front end
 and windows, as train/evaluate.py does for CTC models.
 
 Token ids. The CTC heads keep the tokenizer's convention (eeasr/tokenizer.py: 0 = blank, 1..V-1 = BPE units,
-V = Tokenizer.vocab_size). The decoders and the LM use the same unit ids plus two of their own: sos = V (decoder
-input only) and eos = V + 1 (decoder output only); `decoder_vocab(V)` = V + 2 embedding rows and output units.
+V = Tokenizer.vocab_size). The decoders and the LM use the same unit ids plus two of their own, defined in
+eeasr/tokenizer.py: sos = V (decoder input only) and eos = V + 1 (decoder output only); `decoder_vocab(V)` = V + 2
+embedding rows and output units.
 The blank and sos are never predicted: their logits are fixed at -inf, so every decoder step is a distribution
 over the V - 1 units and eos, in training (label smoothing spreads over those V classes) and decoding alike.
 
@@ -33,14 +36,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from eeasr.exits import frame_entropy, greedy_ctc, nbest_posterior, nonblank_entropy
+from eeasr.aed_decode import IGNORE, Hypothesis, rescore, sentence_posterior
+from eeasr.aed_decode import beam_search as np_beam_search
+from eeasr.aed_decode import decoder_io as np_decoder_io
+from eeasr.exits import frame_entropy, greedy_ctc, nonblank_entropy
 from eeasr.metrics import wer
+from eeasr.tokenizer import decoder_vocab, eos_id, sos_id
 from eeasr.train.config import ModelConfig
-from eeasr.train.model import ENCODERS, EarlyExitConformer, FeedForward, ctc_exit_loss, sinusoid_positions, valid_mask
+from eeasr.train.model import (ENCODERS, EarlyExitConformer, FeedForward, MultiHeadAttention, ctc_exit_loss,
+                               sinusoid_positions, valid_mask)
 
 if TYPE_CHECKING:
     from eeasr.manifest import Utterance
@@ -48,21 +57,6 @@ if TYPE_CHECKING:
     from eeasr.train.dataset import Batch
     from eeasr.train.evaluate import UttResult
     from eeasr.train.lm import LMRun
-
-IGNORE = -100  # target of padded decoder positions
-
-
-def decoder_vocab(vocab_size: int) -> int:
-    """Decoder (and LM) units for a tokenizer of `vocab_size` CTC units: the same ids plus sos and eos."""
-    return vocab_size + 2
-
-
-def sos_id(vocab_size: int) -> int:
-    return vocab_size
-
-
-def eos_id(vocab_size: int) -> int:
-    return vocab_size + 1
 
 
 def output_classes(vocab_size: int) -> Tensor:
@@ -73,18 +67,9 @@ def output_classes(vocab_size: int) -> Tensor:
 
 
 def decoder_io(seqs: Sequence[Sequence[int]], sos: int, eos: int) -> tuple[Tensor, Tensor]:
-    """Teacher forcing: inputs [N, U+1] = sos y1..yU (padded with eos) and targets [N, U+1] = y1..yU eos (padded
-    with IGNORE). Padding sits after each sequence, so the causal decoder never sees it at a real position."""
-    n, longest = len(seqs), max((len(s) for s in seqs), default=0) + 1
-    inp = torch.full((n, longest), eos, dtype=torch.long)
-    out = torch.full((n, longest), IGNORE, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        s = torch.as_tensor(s, dtype=torch.long)
-        inp[i, 0] = sos
-        inp[i, 1: len(s) + 1] = s
-        out[i, : len(s)] = s
-        out[i, len(s)] = eos
-    return inp, out
+    """eeasr.aed_decode.decoder_io as torch tensors (sequences may be tensors)."""
+    inp, out = np_decoder_io([torch.as_tensor(s).tolist() for s in seqs], sos, eos)
+    return torch.from_numpy(inp), torch.from_numpy(out)
 
 
 def smoothed_ce(logp: Tensor, targets: Tensor, smoothing: float, classes: Tensor) -> Tensor:
@@ -98,33 +83,10 @@ def smoothed_ce(logp: Tensor, targets: Tensor, smoothing: float, classes: Tensor
     return ((1.0 - smoothing) * nll - smoothing * lp[:, classes].mean(1)).mean()
 
 
-class Attention(nn.Module):
-    """Multi-head attention with a pre-LayerNorm on its queries: causal self-attention when no memory is given,
-    else cross-attention on `memory` ([N, T, d], already normalized by the encoder block), attending where
+class Attention(MultiHeadAttention):
+    """train/model.py's attention as the decoder uses it: causal self-attention when no memory is given, else
+    cross-attention on `memory` ([N, T, d], already normalized by the encoder block), attending where
     `memory_mask` ([N, 1, 1, T] bool) is True (None: every frame)."""
-
-    def __init__(self, d: int, heads: int, dropout: float) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(d)
-        self.q = nn.Linear(d, d)
-        self.k = nn.Linear(d, d)
-        self.v = nn.Linear(d, d)
-        self.out = nn.Linear(d, d)
-        self.heads = heads
-        self.drop = nn.Dropout(dropout)
-
-    def _split(self, x: Tensor) -> Tensor:
-        return x.view(x.shape[0], x.shape[1], self.heads, -1).transpose(1, 2)  # [N, L, d] -> [N, H, L, d/H]
-
-    def keys_values(self, src: Tensor) -> tuple[Tensor, Tensor]:
-        """Keys and values [N, H, T, d/H] of `src` [N, T, d] (normalized queries' input, or the memory)."""
-        return self._split(self.k(src)), self._split(self.v(src))
-
-    def attend(self, h: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, causal: bool = False) -> Tensor:
-        """Output for normalized queries `h` [N, L, d] over keys/values [N, H, T, d/H]."""
-        y = F.scaled_dot_product_attention(self._split(self.q(h)), k, v, attn_mask=mask, is_causal=causal,
-                                           dropout_p=self.drop.p if self.training else 0.0)
-        return self.drop(self.out(y.transpose(1, 2).reshape(h.shape)))
 
     def forward(self, x: Tensor, memory: Tensor | None = None, memory_mask: Tensor | None = None) -> Tensor:
         h = self.norm(x)
@@ -186,7 +148,8 @@ class TransformerDecoder(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.register_buffer("never", ~output_classes(vocab_size), persistent=False)
 
-    def _log_probs(self, x: Tensor) -> Tensor:
+    def log_probs(self, x: Tensor) -> Tensor:
+        """The last layer's output [..., d] -> log-probabilities [..., decoder_vocab] (blank and sos at -inf)."""
         logits = self.out(self.norm(x)).float().masked_fill(self.never, -math.inf)
         return F.log_softmax(logits, dim=-1)
 
@@ -195,7 +158,7 @@ class TransformerDecoder(nn.Module):
         x = self.drop(x + sinusoid_positions(tokens.shape[1], self.d).to(x))
         for layer in self.layers:
             x = layer(x, memory, memory_mask)
-        return self._log_probs(x)
+        return self.log_probs(x)
 
     def cross_keys_values(self, memory: Tensor) -> list[KV]:
         """Per layer, the keys/values of `memory` [U, T, d]: computed once per utterance for `step`."""
@@ -212,84 +175,21 @@ class TransformerDecoder(nn.Module):
             x, kv = layer.step(x, None if caches is None else caches[i], None if cross is None else cross[i],
                                memory_mask, group)
             new.append(kv)
-        return self._log_probs(x)[:, 0], new
-
-
-@dataclass
-class Hypothesis:
-    """One attention-decoder hypothesis. `tokens`: units (no sos/eos); `am`: the decoder's log-probability of
-    tokens + eos; `lm`: the LM's (0 until `rescore`); `logp`: the log-score s_k of Eq. 6 (am + lm_weight * lm);
-    `score`: what ranks the N-best (logp / (len(tokens) + 1) with length normalization, else logp)."""
-    tokens: list[int]
-    am: float
-    logp: float
-    score: float
-    lm: float = 0.0
-
-
-def _ranked(tokens: list[int], am: float, lm: float, lm_weight: float, length_norm: bool) -> Hypothesis:
-    logp = am + lm_weight * lm
-    return Hypothesis(tokens, am, logp, logp / (len(tokens) + 1) if length_norm else logp, lm)
+        return self.log_probs(x)[:, 0], new
 
 
 @torch.no_grad()
 def beam_search(step: Callable[[Tensor, Tensor], Tensor], max_units: Sequence[int], sos: int, eos: int,
                 beam: int = 10, length_norm: bool = True,
                 reorder: Callable[[Tensor], None] | None = None) -> list[list[Hypothesis]]:
-    """Batched attention beam search over B utterances; returns each one's N-best (at most `beam`), best first.
+    """eeasr.aed_decode.beam_search (its rules and N-best) with torch callbacks: `step(tokens, rows)` takes the
+    prefixes [N, L] and slots [N] as tensors and returns the next unit's log-probabilities [N, V] (any device);
+    `reorder(perm)` gets the slot permutation as a tensor."""
+    def np_step(tokens: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        return step(torch.from_numpy(tokens), torch.from_numpy(rows)).float().cpu().numpy()
 
-    The search keeps B * beam slots (slot b * beam + j belongs to utterance b). `step(tokens, rows)` maps the
-    prefixes [N, L] (sos first) of the slots `rows` [N] to the next unit's log-probabilities [N, V]; `rows` are
-    all `beam` slots of each utterance still searching, in order. After each step slot i continues the prefix of
-    slot perm[i]: `reorder(perm)` tells a stateful `step` (cached keys/values) so.
-
-    Every step keeps the `beam` best extensions of the live prefixes; one ending in eos is finished and its slot
-    refilled by the next best. An utterance stops at `max_units[b]` units (where only eos may follow), or once it
-    has `beam` finished hypotheses and no live prefix is more probable than the `beam`-th best of them:
-    log-probabilities only fall as a prefix grows, so that stop is exact for unnormalized scores (SpeechBrain
-    stops at `beam` finished, which on a weak model can end the search before the most probable hypothesis is
-    reached). The N-best is ranked by `Hypothesis.score` (length-normalized when `length_norm`).
-    """
-    n_utts, k = len(max_units), beam
-    tokens = torch.full((n_utts * k, 1), sos, dtype=torch.long)
-    scores = torch.full((n_utts, k), -math.inf)
-    scores[:, 0] = 0.0  # one live prefix to start with: the others would only duplicate it
-    finished: list[list[Hypothesis]] = [[] for _ in range(n_utts)]
-    live = [True] * n_utts
-    t = 0
-    while any(live):
-        rows = torch.tensor(live).repeat_interleave(k).nonzero()[:, 0]
-        out = step(tokens[rows], rows).float().cpu()
-        v = out.shape[-1]
-        logp = torch.full((n_utts * k, v), -math.inf)
-        logp[rows] = out
-        logp = logp.view(n_utts, k, v)
-        at_limit = torch.tensor([t >= m for m in max_units])
-        not_eos = torch.ones(v, dtype=torch.bool)
-        not_eos[eos] = False
-        logp[at_limit] = logp[at_limit].masked_fill(not_eos, -math.inf)
-        cand = (scores[:, :, None] + logp).view(n_utts, k * v)
-        top, idx = cand.topk(k, dim=1)
-        src, tok = idx // v, idx % v
-        perm = (torch.arange(n_utts)[:, None] * k + src).view(-1)
-        tokens = torch.cat([tokens[perm], tok.view(-1, 1)], 1)
-        if reorder is not None:
-            reorder(perm)
-        scores = top.clone()
-        top_l, tok_l = top.tolist(), tok.tolist()
-        for b in range(n_utts):
-            if not live[b]:
-                continue
-            for j in range(k):
-                if tok_l[b][j] == eos and top_l[b][j] > -math.inf:
-                    finished[b].append(_ranked(tokens[b * k + j, 1:-1].tolist(), top_l[b][j], 0.0, 0.0, length_norm))
-                    scores[b, j] = -math.inf
-            best_live = float(scores[b].max())
-            if best_live == -math.inf or (len(finished[b]) >= k and
-                                          best_live <= sorted(h.am for h in finished[b])[-k]):
-                live[b] = False
-        t += 1
-    return [sorted(f, key=lambda h: -h.score)[:k] for f in finished]
+    np_reorder = None if reorder is None else lambda perm: reorder(torch.from_numpy(perm))
+    return np_beam_search(np_step, max_units, sos, eos, beam, length_norm, np_reorder)
 
 
 class _BeamDecoder:
@@ -320,24 +220,6 @@ class _BeamDecoder:
     def reorder(self, perm: Tensor) -> None:
         perm = perm.to(self.mask.device)
         self.caches = [(k[perm], v[perm]) for k, v in self.caches]
-
-
-def rescore(nbest: Sequence[Hypothesis], lm_logps: Sequence[float], lm_weight: float,
-            length_norm: bool = True) -> list[Hypothesis]:
-    """N-best rescoring: each hypothesis' log-score becomes am + lm_weight * lm (`lm_logps`: the LM's log P of
-    tokens + eos, train/lm.py LanguageModel.score); re-ranked by the (length-normalized) new score."""
-    out = [_ranked(h.tokens, h.am, lm, lm_weight, length_norm) for h, lm in zip(nbest, lm_logps, strict=True)]
-    return sorted(out, key=lambda h: -h.score)
-
-
-def sentence_posterior(nbest: Sequence[Hypothesis]) -> float:
-    """Eq. 6: exp(s_1) / sum_k exp(s_k) over the N-best's log-scores (`Hypothesis.logp`), at the output (first)
-    hypothesis. It is eeasr.exits.nbest_posterior (the softmax at the highest log-score) scaled by exp(s_1 - max),
-    which is 1 unless length normalization or the LM ranked a hypothesis of lower log-score first."""
-    if not nbest:
-        return 0.0
-    s = [h.logp for h in nbest]
-    return nbest_posterior(s) * math.exp(s[0] - max(s))
 
 
 class EarlyExitConformerAED(EarlyExitConformer):
@@ -429,20 +311,14 @@ def evaluate_aed(ck: Checkpoint, utts: list[Utterance], beam: int = 10, lm: LMRu
     rescored), through the device front end and windows; returns results and one-line messages for skipped files."""
     from tqdm import tqdm
 
-    from eeasr.audio import AudioError, load_audio
-    from eeasr.train.evaluate import UttResult, _windows
+    from eeasr.train.evaluate import UttResult, load_windows
 
     model = ck.model
     if not isinstance(model, EarlyExitConformerAED):
         raise ValueError(f"{ck.path}: encoder {ck.cfg.model.encoder!r} has no attention decoders (conformer-aed)")
     if lm is not None and lm.tokenizer.sha256 != ck.tokenizer.sha256:
         raise ValueError(f"{lm.path}: the LM was trained with another tokenizer than {ck.path}")
-    items, skipped = [], []
-    for u in utts:
-        try:
-            items.append((u, _windows(ck, load_audio(u.path))))
-        except AudioError as e:
-            skipped.append(str(e))
+    items, skipped = load_windows(ck, utts)
     results = [UttResult(u, [AEDWindowResult() for _ in ws]) for u, ws in items]
     flat = sorted(((len(w), i, k, w) for i, (_, ws) in enumerate(items) for k, w in enumerate(ws)),
                   key=lambda x: x[0])

@@ -119,6 +119,11 @@ def eval_(run: Path, manifest: Path | None, split: str, real: bool, beam: int, l
     text += f"\nlast exit: {interval_line(refs, texts_at_exit(results, len(layers) - 1))}\n"
     for name, hyps in others.items():
         text += f"{name}: {interval_line(refs, hyps)}\n"
+    _report(text, skipped, out)
+
+
+def _report(text: str, skipped: list[str], out: Path | None) -> None:
+    """Print an evaluation report (with a note on the unreadable files) and write it to `out` when given."""
     if skipped:
         text += f"\nskipped {len(skipped)} files, e.g. {skipped[0]}\n"
     click.echo(text)
@@ -259,12 +264,7 @@ def eval_aed(run: Path, lm_run: Path | None, lm_weight: float, ctc_run: Path | N
     text += f", LM {lm_run.name} weight {lm_weight}" if lm_run else ""
     text += f"; CTC model {ctc_run.name}" if ctc_run else ""
     text += "\n\n" + aed_wer_table(results, ck.cfg.model.exits, ctc, ctc_layers)
-    if skipped:
-        text += f"\nskipped {len(skipped)} files, e.g. {skipped[0]}\n"
-    click.echo(text)
-    if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
+    _report(text, skipped, out)
 
 
 @main.command()

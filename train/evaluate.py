@@ -72,6 +72,18 @@ def _windows(ck: Checkpoint, pcm: np.ndarray) -> list[np.ndarray]:
     return [feats[a:b] for a, b in window_spans(frame_energy(logmel), ck.cfg.data.window)]
 
 
+def load_windows(ck: Checkpoint, utts: list[Utterance]
+                 ) -> tuple[list[tuple[Utterance, list[np.ndarray]]], list[str]]:
+    """The normalized feature windows of each readable utterance, and one-line messages for the unreadable ones."""
+    items, skipped = [], []
+    for u in utts:
+        try:
+            items.append((u, _windows(ck, load_audio(u.path))))
+        except AudioError as e:
+            skipped.append(str(e))
+    return items, skipped
+
+
 @torch.no_grad()
 def run(ck: Checkpoint, utts: list[Utterance], beam: int = 16, batch_frames: int = 24000,
         progress: bool = True) -> tuple[list[UttResult], list[str]]:
@@ -79,12 +91,7 @@ def run(ck: Checkpoint, utts: list[Utterance], beam: int = 16, batch_frames: int
     from tqdm import tqdm
 
     decoder = BeamDecoder(ck.tokenizer.vocab_size, beam) if beam > 1 else None
-    items, skipped = [], []
-    for u in utts:
-        try:
-            items.append((u, _windows(ck, load_audio(u.path))))
-        except AudioError as e:
-            skipped.append(str(e))
+    items, skipped = load_windows(ck, utts)
     flat = [(i, w) for i, (_, ws) in enumerate(items) for w in ws]
     order = sorted(range(len(flat)), key=lambda k: len(flat[k][1]))
     results = [UttResult(u, [WindowResult() for _ in ws]) for u, ws in items]

@@ -11,16 +11,15 @@ bytes as the tokenizer of an AED run on that corpus (the LM can train before or 
 the two tokenizers' hashes.
 
 Run directory: config.yaml (LMConfig), tokenizer.model, lm.pt ({"version", "state_dict", "meta"}), checkpoints/
-(resumable states: AdamW, warm-up + cosine, the per-step seeding of train/trainer.py), train_log.csv.
+(resumable states: the shared loop of train/loop.py, with AdamW, warm-up + cosine and per-step seeding),
+train_log.csv.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import math
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from eeasr.tokenizer import Tokenizer
 from eeasr.train.aed import IGNORE, TransformerDecoder, decoder_io, eos_id, output_classes, smoothed_ce, sos_id
 from eeasr.train.config import dataclass_from_dict
 from eeasr.train.dataset import bucket_batches
+from eeasr.train.loop import CsvLog, StepOut, TrainLoop, corpus_manifest, device, warmup_cosine
 
 LM_VERSION = 1
 
@@ -133,14 +133,6 @@ def load_lm(run: str | Path, device: str = "cpu") -> LMRun:
     return LMRun(run, cfg, model.to(device).eval(), tokenizer, blob["meta"])
 
 
-def _manifest(cfg: LMConfig) -> Path:
-    corpus = Path(cfg.corpus).expanduser()
-    manifest = corpus / "manifest.jsonl" if corpus.is_dir() else corpus
-    if not manifest.exists():
-        raise FileNotFoundError(f"{manifest} not found: build the corpus first (`make data`)")
-    return manifest
-
-
 def _tokenizer(cfg: LMConfig, manifest: Path, out: Path) -> Tokenizer:
     dst = out / "tokenizer.model"
     if not dst.exists():
@@ -150,14 +142,6 @@ def _tokenizer(cfg: LMConfig, manifest: Path, out: Path) -> Tokenizer:
         else:
             Tokenizer.train([u.text for u in iter_manifest(manifest) if u.split == "train"], dst, vocab_size=cfg.vocab)
     return Tokenizer.load(dst)
-
-
-def _lr(step: int, cfg: LMConfig, total: int) -> float:
-    """Linear warm-up, then cosine decay to 5% of the peak (as train/trainer.py)."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    frac = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
-    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
 @torch.no_grad()
@@ -183,7 +167,7 @@ def train_lm(cfg: LMConfig, out: Path | None = None, progress: bool = True,
 
     out = Path(out or cfg.out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    manifest = _manifest(cfg)
+    manifest = corpus_manifest(cfg.corpus)
     tokenizer = _tokenizer(cfg, manifest, out)
     (out / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
     texts: dict[str, list[list[int]]] = {"train": [], "dev": []}
@@ -193,78 +177,36 @@ def train_lm(cfg: LMConfig, out: Path | None = None, progress: bool = True,
     train, dev_set = texts["train"], texts["dev"]
     lengths = np.array([len(s) + 1 for s in train])
 
-    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = device()
     torch.manual_seed(cfg.seed)
     model = LanguageModel(tokenizer.vocab_size, cfg).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = len(bucket_batches(lengths, cfg.batch_tokens, cfg.seed, 0))
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
+    log = CsvLog(out / "train_log.csv", ["step", "epoch", "lr", "loss", "elapsed_s", "dev_ppl"])
+    loop = TrainLoop(out, model, opt, log, seed=cfg.seed, total=total,
+                     lr=lambda step: warmup_cosine(step, cfg.lr, cfg.warmup_steps, total), grad_clip=cfg.grad_clip,
+                     keep=2, log_every=cfg.log_every_steps, save_every=cfg.save_every_steps, desc="training LM",
+                     progress=progress)
+    loop.resume(dev)
 
-    ckpts = out / "checkpoints"
-    ckpts.mkdir(exist_ok=True)
-    step, epoch, in_epoch, elapsed = 0, 0, 0, 0.0
-    if files := sorted(ckpts.glob("step-*.pt")):
-        state = torch.load(files[-1], map_location=dev, weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optim"])
-        step, epoch, in_epoch, elapsed = state["step"], state["epoch"], state["in_epoch"], state["elapsed"]
-    log_path = out / "train_log.csv"
-    fields = ["step", "epoch", "lr", "loss", "elapsed_s", "dev_ppl"]
-    if not log_path.exists():
-        log_path.write_text(",".join(fields) + "\n")
-
-    def log(row: dict) -> None:
-        with log_path.open("a", newline="") as f:
-            csv.writer(f).writerow([row.get(k, "") for k in fields])
-
-    def save() -> None:
-        torch.save({"model": model.state_dict(), "optim": opt.state_dict(), "step": step, "epoch": epoch,
-                    "in_epoch": in_epoch, "elapsed": elapsed}, ckpts / f"step-{step:07d}.pt")
-        for old in sorted(ckpts.glob("step-*.pt"))[:-2]:
-            old.unlink()
+    def end_epoch(epoch: int) -> dict[str, str]:
+        ppl = perplexity(model, dev_set) if dev_set else math.nan
+        if progress:
+            tqdm.write(f"epoch {epoch}: dev perplexity {ppl:.2f}")
+        return {"dev_ppl": f"{ppl:.2f}"}
 
     if progress:
         n_params = sum(p.numel() for p in model.parameters())
         print(f"LM: {n_params / 1e6:.2f} M parameters, {len(train)} training sentences ({int(lengths.sum())} units), "
               f"{steps_per_epoch} steps/epoch, {total} steps")
-    bar = tqdm(total=total, initial=step, desc="training LM", disable=not progress, unit="step")
-    model.train()
-    run_steps = 0
-    while step < total:
-        batches = bucket_batches(lengths, cfg.batch_tokens, cfg.seed, epoch)
-        while in_epoch < len(batches) and step < total:
-            t0 = time.time()
-            torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout draws fixed by the step: resume is exact
-            for g in opt.param_groups:
-                g["lr"] = _lr(step, cfg, total)
-            loss, _ = model.loss([train[i] for i in batches[in_epoch]])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            step, in_epoch, run_steps = step + 1, in_epoch + 1, run_steps + 1
-            elapsed += time.time() - t0
-            bar.update(1)
-            bar.set_postfix_str(f"{loss.item():.3f}")
-            if step % cfg.log_every_steps == 0:
-                log({"step": step, "epoch": epoch, "lr": f"{_lr(step, cfg, total):.2e}", "loss": f"{loss.item():.4f}",
-                     "elapsed_s": round(elapsed)})
-            if step % cfg.save_every_steps == 0 or step == total:
-                save()
-            if stop_after_steps is not None and run_steps >= stop_after_steps:
-                save()
-                bar.close()
-                return out
-        if in_epoch >= len(batches):
-            epoch, in_epoch = epoch + 1, 0
-            ppl = perplexity(model, dev_set) if dev_set else math.nan
-            log({"step": step, "epoch": epoch, "dev_ppl": f"{ppl:.2f}"})
-            if progress:
-                tqdm.write(f"epoch {epoch}: dev perplexity {ppl:.2f}")
-            save()
-    bar.close()
-    meta = {"tokenizer_sha256": tokenizer.sha256, "steps": step, "epochs": epoch, "train_seconds": round(elapsed),
-            "dev_ppl": perplexity(model, dev_set) if dev_set else None, "name": cfg.name}
+    # Dropout draws are fixed by the step (the loop seeds torch per step): resume is exact.
+    if not loop.run(lambda epoch: bucket_batches(lengths, cfg.batch_tokens, cfg.seed, epoch),
+                    lambda idx, seed: StepOut(model.loss([train[i] for i in idx])[0]), end_epoch, stop_after_steps):
+        return out
+    meta = {"tokenizer_sha256": tokenizer.sha256, "steps": loop.step, "epochs": loop.epoch,
+            "train_seconds": round(loop.elapsed), "dev_ppl": perplexity(model, dev_set) if dev_set else None,
+            "name": cfg.name}
     tmp = out / "lm.pt.tmp"
     torch.save({"version": LM_VERSION, "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
                 "meta": meta}, tmp)

@@ -82,7 +82,9 @@ class FeedForward(nn.Module):
         return self.drop(self.down(self.drop(F.silu(self.up(self.norm(x))))))
 
 
-class SelfAttention(nn.Module):
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention with a pre-LayerNorm on its queries; subclasses choose the keys and values."""
+
     def __init__(self, d: int, heads: int, dropout: float) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(d)
@@ -93,15 +95,36 @@ class SelfAttention(nn.Module):
         self.heads = heads
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, key_bias: Tensor) -> Tensor:
-        b, t, d = x.shape
-        h = self.norm(x)
-        q, k, v = (proj(h).view(b, t, self.heads, d // self.heads).transpose(1, 2)
-                   for proj in (self.q, self.k, self.v))
-        # key_bias [B, 1, 1, T]: 0 on valid keys, mask_bias on padded ones.
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_bias,
+    def _split(self, x: Tensor) -> Tensor:
+        return x.view(x.shape[0], x.shape[1], self.heads, -1).transpose(1, 2)  # [N, L, d] -> [N, H, L, d/H]
+
+    def keys_values(self, src: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values [N, H, T, d/H] of `src` [N, T, d] (the normalized queries' input, or a memory)."""
+        return self._split(self.k(src)), self._split(self.v(src))
+
+    def queries(self, h: Tensor) -> Tensor:
+        """Queries [N, H, L, d/H] of normalized inputs `h` [N, L, d]."""
+        return self._split(self.q(h))
+
+    def attention(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, causal: bool = False) -> Tensor:
+        """Output [N, L, d] of queries `q` over keys/values [N, H, T, d/H]; `mask` is added to (float) or selects
+        (bool) the attention logits."""
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
                                            dropout_p=self.drop.p if self.training else 0.0)
-        return self.drop(self.out(y.transpose(1, 2).reshape(b, t, d)))
+        return self.drop(self.out(y.transpose(1, 2).flatten(2)))
+
+    def attend(self, h: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, causal: bool = False) -> Tensor:
+        """Output for normalized queries' inputs `h` [N, L, d] over keys/values [N, H, T, d/H]."""
+        return self.attention(self.queries(h), k, v, mask, causal)
+
+
+class SelfAttention(MultiHeadAttention):
+    def forward(self, x: Tensor, key_bias: Tensor) -> Tensor:
+        h = self.norm(x)
+        # Queries before keys and values: autograd sums h's gradient in that order, as trained models had it.
+        q = self.queries(h)
+        # key_bias [B, 1, 1, T]: 0 on valid keys, mask_bias on padded ones.
+        return self.attention(q, *self.keys_values(h), key_bias)
 
 
 class MaskedBatchNorm1d(nn.BatchNorm1d):

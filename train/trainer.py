@@ -10,13 +10,12 @@ device window), with the batch dimension dynamic, which runs ~2.7x faster than e
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import shutil
-import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -32,22 +31,16 @@ from eeasr.train.config import TrainConfig, load_config, save_config
 from eeasr.train.data.cache import CacheConfig, build_cache, load_split
 from eeasr.train.dataset import Batch, Utterances, bucket_batches, spec_augment
 from eeasr.train.i3d import I3DTransformer, init_model_config
+from eeasr.train.loop import CsvLog, StepOut, TrainLoop, corpus_manifest, device, warmup_cosine
 from eeasr.train.model import build_model, count_parameters
 
 BUCKET = 100  # padded lengths are rounded up to a multiple of this (few shapes to compile)
 
 
-def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def prepare_run(cfg: TrainConfig, out: Path) -> tuple[Path, Tokenizer]:
     """Feature cache, tokenizer and normalization for a run directory (reused when present)."""
     out.mkdir(parents=True, exist_ok=True)
-    corpus = Path(cfg.data.corpus).expanduser()
-    manifest = corpus / "manifest.jsonl" if corpus.is_dir() else corpus
-    if not manifest.exists():
-        raise FileNotFoundError(f"{manifest} not found: build the corpus first (`make data`)")
+    manifest = corpus_manifest(cfg.data.corpus)
     cache = build_cache(manifest, default_cache_dir() / "features", cfg=CacheConfig(copies=cfg.data.copies))
     if cfg.init:
         # Fine-tuning keeps the starting model's units and feature scaling; its shape comes with it.
@@ -70,11 +63,7 @@ def prepare_run(cfg: TrainConfig, out: Path) -> tuple[Path, Tokenizer]:
 
 def lr_at(step: int, cfg: TrainConfig, total: int) -> float:
     """Linear warm-up, then cosine decay to 5% of the peak."""
-    o = cfg.optim
-    if step < o.warmup_steps:
-        return o.lr * (step + 1) / o.warmup_steps
-    frac = min(1.0, (step - o.warmup_steps) / max(1, total - o.warmup_steps))
-    return o.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+    return warmup_cosine(step, cfg.optim.lr, cfg.optim.warmup_steps, total)
 
 
 def _pad_to_bucket(batch: Batch, window: int) -> Batch:
@@ -102,20 +91,10 @@ def evaluate_greedy(model: torch.nn.Module, data: Utterances, tokenizer: Tokeniz
     return [wer(refs, h) for h in hyps]
 
 
-class _Log:
+def train_log(path: Path, terms: list[str], n_exits: int) -> CsvLog:
     """train_log.csv: one row per logged step (total and each loss term) and per epoch (dev WER per exit)."""
-
-    def __init__(self, path: Path, terms: list[str], n_exits: int) -> None:
-        self.path = path
-        self.fields = ["step", "epoch", "lr", "loss"] + [f"loss_{t}" for t in terms] + \
-                      ["frames_per_s", "elapsed_s"] + [f"dev_wer_exit{j + 1}" for j in range(n_exits)]
-        if not path.exists():
-            with path.open("w", newline="") as f:
-                csv.writer(f).writerow(self.fields)
-
-    def write(self, row: dict) -> None:
-        with self.path.open("a", newline="") as f:
-            csv.writer(f).writerow([row.get(k, "") for k in self.fields])
+    return CsvLog(path, ["step", "epoch", "lr", "loss"] + [f"loss_{t}" for t in terms] + ["frames_per_s", "elapsed_s"]
+                  + [f"dev_wer_exit{j + 1}" for j in range(n_exits)])
 
 
 def _key_groups(keys: list[str]) -> str:
@@ -125,11 +104,6 @@ def _key_groups(keys: list[str]) -> str:
         g = ".".join(k.split(".")[:2])
         groups[g] = groups.get(g, 0) + 1
     return ", ".join(f"{g} ({n})" for g, n in groups.items()) or "none"
-
-
-def _latest(ckpts: Path) -> Path | None:
-    files = sorted(ckpts.glob("step-*.pt"))
-    return files[-1] if files else None
 
 
 def fit(cfg: TrainConfig, out: Path | None = None, compile_model: bool | None = None, progress: bool = True,
@@ -158,10 +132,11 @@ def fit(cfg: TrainConfig, out: Path | None = None, compile_model: bool | None = 
     steps_per_epoch = len(bucket_batches(train.lengths, cfg.data.max_batch_frames, cfg.seed, 0))
     total = cfg.optim.max_steps or cfg.optim.epochs * steps_per_epoch
 
-    ckpts = out / "checkpoints"
-    ckpts.mkdir(exist_ok=True)
-    step, epoch, in_epoch, elapsed = 0, 0, 0, 0.0
-    if cfg.init and _latest(ckpts) is None:
+    loop = TrainLoop(out, model, opt, train_log(out / "train_log.csv", model.loss_names(), len(weights)),
+                     seed=cfg.seed, total=total, lr=lambda step: lr_at(step, cfg, total), grad_clip=cfg.optim.grad_clip,
+                     keep=max(2, cfg.optim.average_last), log_every=cfg.log_every_steps,
+                     save_every=cfg.save_every_steps, progress=progress)
+    if cfg.init and not loop.checkpoints():
         init_state = load_checkpoint(cfg.init).model.state_dict()
         if isinstance(model, I3DTransformer):
             fresh, unused = model.load_transformer_state(init_state)  # the gate predictors start fresh
@@ -170,83 +145,32 @@ def fit(cfg: TrainConfig, out: Path | None = None, compile_model: bool | None = 
                       f"unused: {_key_groups(unused)}")
         else:
             model.load_state_dict(init_state)
-    if (latest := _latest(ckpts)) is not None:
-        state = torch.load(latest, map_location=dev, weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optim"])
-        step, epoch, in_epoch, elapsed = state["step"], state["epoch"], state["in_epoch"], state["elapsed"]
-    log = _Log(out / "train_log.csv", model.loss_names(), len(weights))
+    loop.resume(dev)
     use_compile = (dev.type == "cpu") if compile_model is None else compile_model
     fwd = torch.compile(model, dynamic=False) if use_compile else model
 
-    def save() -> None:
-        torch.save({"model": model.state_dict(), "optim": opt.state_dict(), "step": step, "epoch": epoch,
-                    "in_epoch": in_epoch, "elapsed": elapsed}, ckpts / f"step-{step:07d}.pt")
-        for old in sorted(ckpts.glob("step-*.pt"))[: -max(2, cfg.optim.average_last)]:
-            old.unlink()  # keep what the final average needs
+    def forward(idx: np.ndarray, seed: int) -> StepOut:
+        b = _pad_to_bucket(train.collate(idx), cfg.data.window)
+        feats = spec_augment(b, cfg.data, torch.Generator().manual_seed(seed)).to(dev)
+        n = b.n_frames.to(dev)
+        if use_compile:
+            torch._dynamo.mark_dynamic(feats, 0)
+            torch._dynamo.mark_dynamic(n, 0)
+        terms = model.loss_terms(fwd, feats, n, b, weights)
+        return StepOut(sum(terms.values()), terms, int(n.sum()))
+
+    def end_epoch(epoch: int) -> dict[str, str]:
+        wers = evaluate_greedy(model, dev_set, tokenizer, cfg.data.max_batch_frames, dev)
+        tqdm.write(f"epoch {epoch}: dev WER per exit " + " ".join(f"{w:.1f}" for w in wers))
+        return {f"dev_wer_exit{j + 1}": f"{w:.2f}" for j, w in enumerate(wers)}
 
     if progress:
         print(f"{count_parameters(model) / 1e6:.2f} M parameters, {len(train)} training items "
               f"({train.dropped} longer than the window dropped), {steps_per_epoch} steps/epoch, {total} steps")
-    bar = tqdm(total=total, initial=step, desc="training", disable=not progress, unit="step")
-    model.train()
-    run_steps = 0
-    while step < total:
-        batches = bucket_batches(train.lengths, cfg.data.max_batch_frames, cfg.seed, epoch)
-        while in_epoch < len(batches) and step < total:
-            t0 = time.time()
-            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-            torch.manual_seed(cfg.seed * 1_000_003 + step)
-            b = _pad_to_bucket(train.collate(batches[in_epoch]), cfg.data.window)
-            feats = spec_augment(b, cfg.data, gen).to(dev)
-            n = b.n_frames.to(dev)
-            if use_compile:
-                torch._dynamo.mark_dynamic(feats, 0)
-                torch._dynamo.mark_dynamic(n, 0)
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, cfg, total)
-            terms = model.loss_terms(fwd, feats, n, b, weights)
-            loss = sum(terms.values())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-            opt.step()
-            step, in_epoch, run_steps = step + 1, in_epoch + 1, run_steps + 1
-            dt = time.time() - t0
-            elapsed += dt
-            bar.update(1)
-            bar.set_postfix_str(" ".join(f"{v.item():.2f}" for v in terms.values()))
-            if step % cfg.log_every_steps == 0:
-                log.write({"step": step, "epoch": epoch, "lr": f"{lr_at(step, cfg, total):.2e}",
-                           "loss": f"{loss.item():.4f}", "frames_per_s": round(int(n.sum()) / dt),
-                           "elapsed_s": round(elapsed), **{f"loss_{k}": f"{v.item():.4f}"
-                                                           for k, v in terms.items()}})
-            if step % cfg.save_every_steps == 0 or step == total:
-                save()
-            if stop_after_steps is not None and run_steps >= stop_after_steps:
-                save()
-                bar.close()
-                return out
-        if in_epoch >= len(batches):
-            epoch, in_epoch = epoch + 1, 0
-            wers = evaluate_greedy(model, dev_set, tokenizer, cfg.data.max_batch_frames, dev)
-            log.write({"step": step, "epoch": epoch, **{f"dev_wer_exit{j + 1}": f"{w:.2f}"
-                                                        for j, w in enumerate(wers)}})
-            tqdm.write(f"epoch {epoch}: dev WER per exit " + " ".join(f"{w:.1f}" for w in wers))
-            save()
-    bar.close()
-    averaged = average_checkpoints(sorted(ckpts.glob("step-*.pt"))[-cfg.optim.average_last:])
-    save_model(out, averaged, {"steps": step, "epochs": epoch, "train_seconds": round(elapsed),
-                               "averaged": cfg.optim.average_last, "name": cfg.name})
+    if not loop.run(lambda epoch: bucket_batches(train.lengths, cfg.data.max_batch_frames, cfg.seed, epoch),
+                    forward, end_epoch, stop_after_steps):
+        return out
+    save_model(out, loop.average(cfg.optim.average_last),
+               {"steps": loop.step, "epochs": loop.epoch, "train_seconds": round(loop.elapsed),
+                "averaged": cfg.optim.average_last, "name": cfg.name})
     return out
-
-
-def average_checkpoints(paths: list[Path]) -> dict[str, torch.Tensor]:
-    """Element-wise mean of the model weights of several checkpoints (integer buffers from the last)."""
-    states = [torch.load(p, map_location="cpu", weights_only=False)["model"] for p in paths]
-    avg = {}
-    for k, v in states[-1].items():
-        avg[k] = torch.stack([s[k].float() for s in states]).mean(0).to(v.dtype) if v.is_floating_point() else v
-    return avg
-
-

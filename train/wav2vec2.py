@@ -27,12 +27,12 @@ a server-side model only (nothing of it is converted for the device). The choice
   started). When it is a Wav2Vec2ForCTC whose vocab.json is exactly our inventory, every exit head starts as its own
   copy of that CTC layer (the paper's code did the same); otherwise the heads start random. "" builds a randomly
   initialized encoder shaped by d_model/n_heads/ff_dim/n_layers/dropout with the wav2vec2-base convolutions.
-- Training: `fit_wav2vec2`, to which `trainer.fit` dispatches for encoder "wav2vec2". It keeps the trainer's
-  behaviour (step-seeded and resumable, AdamW + `lr_at`, length buckets, `_Log`, per-epoch dev WER through
-  `evaluate_greedy`, `average_checkpoints`) and differs only where the input does: waveforms are read from the
-  corpus manifest per batch with eeasr.audio.load_audio (no feature cache: a large corpus does not fit in memory),
-  `max_batch_frames` counts 10 ms frames of padded audio, and the log-mel SpecAugment is replaced by the checkpoint's
-  own latent time masking (`mask_time_prob` in its config.json), whose numpy draws are seeded per step as well.
+- Training: `fit_wav2vec2`, to which `trainer.fit` dispatches for encoder "wav2vec2". It runs the trainer's loop
+  (train/loop.py: step-seeded and resumable, AdamW + `lr_at`, length buckets, train_log.csv, per-epoch dev WER
+  through `evaluate_greedy`, the final checkpoint average) and differs only where the input does: waveforms are read
+  from the corpus manifest per batch with eeasr.audio.load_audio (no feature cache: a large corpus does not fit in
+  memory), `max_batch_frames` counts 10 ms frames of padded audio, and the log-mel SpecAugment is replaced by the
+  checkpoint's own latent time masking (`mask_time_prob` in its config.json), whose numpy draws are seeded per step as well.
 - Run directory: config.yaml (shape written back from the checkpoint), wav2vec2.json (the Hugging Face config of
   the model as built), train_log.csv, checkpoints/, and model.pt in checkpoint.save_model's layout with the unit
   inventory in its meta; `load_run` rebuilds the model from these without the pretrained directory. There is no
@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import copy
 import json
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -323,18 +322,16 @@ def fit_wav2vec2(cfg: TrainConfig, out: Path | None = None, progress: bool = Tru
     """Train (or resume) the wav2vec2 run in `out` (trainer.fit's contract; eager, no torch.compile); returns the
     run directory with the averaged model.pt."""
     from eeasr.train.checkpoint import CHECKPOINT_VERSION, weights_hash
+    from eeasr.train.loop import StepOut, TrainLoop, corpus_manifest, device
     from eeasr.train.model import count_parameters
-    from eeasr.train.trainer import _Log, _latest, average_checkpoints, device, evaluate_greedy, lr_at
+    from eeasr.train.trainer import evaluate_greedy, lr_at, train_log
 
     if cfg.init:
         raise ValueError("init is for log-mel runs; a wav2vec2 run starts from model.wav2vec2.pretrained")
     if cfg.model.wav2vec2.pretrained:
         check_pretrained(cfg.model.wav2vec2.pretrained)  # the one-line error before any other work
     out = Path(out or cfg.out).expanduser()
-    corpus = Path(cfg.data.corpus).expanduser()
-    manifest = corpus / "manifest.jsonl" if corpus.is_dir() else corpus
-    if not manifest.exists():
-        raise FileNotFoundError(f"{manifest} not found: build the corpus first (`make data`)")
+    manifest = corpus_manifest(cfg.data.corpus)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = GraphemeTokenizer()
     cfg.model.vocab_size = tokenizer.vocab_size
@@ -358,72 +355,34 @@ def fit_wav2vec2(cfg: TrainConfig, out: Path | None = None, progress: bool = Tru
     steps_per_epoch = len(bucket_batches(train.lengths, max_samples, cfg.seed, 0))
     total = cfg.optim.max_steps or cfg.optim.epochs * steps_per_epoch
 
-    ckpts = out / "checkpoints"
-    ckpts.mkdir(exist_ok=True)
-    step, epoch, in_epoch, elapsed = 0, 0, 0, 0.0
-    if (latest := _latest(ckpts)) is not None:
-        state = torch.load(latest, map_location=dev, weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optim"])
-        step, epoch, in_epoch, elapsed = state["step"], state["epoch"], state["in_epoch"], state["elapsed"]
-    log = _Log(out / "train_log.csv", model.loss_names(), len(weights))
+    loop = TrainLoop(out, model, opt, train_log(out / "train_log.csv", model.loss_names(), len(weights)),
+                     seed=cfg.seed, total=total, lr=lambda step: lr_at(step, cfg, total), grad_clip=cfg.optim.grad_clip,
+                     keep=max(2, cfg.optim.average_last), log_every=cfg.log_every_steps,
+                     save_every=cfg.save_every_steps, progress=progress)
+    loop.resume(dev)
 
-    def save() -> None:
-        torch.save({"model": model.state_dict(), "optim": opt.state_dict(), "step": step, "epoch": epoch,
-                    "in_epoch": in_epoch, "elapsed": elapsed}, ckpts / f"step-{step:07d}.pt")
-        for old in sorted(ckpts.glob("step-*.pt"))[: -max(2, cfg.optim.average_last)]:
-            old.unlink()  # keep what the final average needs
+    def forward(idx: np.ndarray, seed: int) -> StepOut:
+        np.random.seed(seed % 2**32)  # Hugging Face draws its time masks from numpy's global generator
+        b = train.collate(idx)
+        feats, n = b.feats.to(dev), b.n_frames.to(dev)
+        terms = model.loss_terms(model, feats, n, b, weights)
+        return StepOut(sum(terms.values()), terms, int(n.sum()) / SAMPLES_PER_FRAME)
+
+    def end_epoch(epoch: int) -> dict[str, str]:
+        wers = evaluate_greedy(model, dev_set, tokenizer, model.eval_batch_samples(max_samples), dev)
+        tqdm.write(f"epoch {epoch}: dev WER per exit " + " ".join(f"{w:.1f}" for w in wers))
+        return {f"dev_wer_exit{j + 1}": f"{w:.2f}" for j, w in enumerate(wers)}
 
     if progress:
         print(f"{count_parameters(model) / 1e6:.2f} M parameters ({sum(p.numel() for p in params) / 1e6:.2f} M "
               f"trained), {len(train)} training items, {steps_per_epoch} steps/epoch, {total} steps")
-    bar = tqdm(total=total, initial=step, desc="training", disable=not progress, unit="step")
-    model.train()
-    run_steps = 0
-    while step < total:
-        batches = bucket_batches(train.lengths, max_samples, cfg.seed, epoch)
-        while in_epoch < len(batches) and step < total:
-            t0 = time.time()
-            seed = cfg.seed * 1_000_003 + step
-            torch.manual_seed(seed)
-            np.random.seed(seed % 2**32)  # Hugging Face draws its time masks from numpy's global generator
-            b = train.collate(batches[in_epoch])
-            feats, n = b.feats.to(dev), b.n_frames.to(dev)
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, cfg, total)
-            terms = model.loss_terms(model, feats, n, b, weights)
-            loss = sum(terms.values())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
-            opt.step()
-            step, in_epoch, run_steps = step + 1, in_epoch + 1, run_steps + 1
-            dt = time.time() - t0
-            elapsed += dt
-            bar.update(1)
-            bar.set_postfix_str(" ".join(f"{v.item():.2f}" for v in terms.values()))
-            if step % cfg.log_every_steps == 0:
-                log.write({"step": step, "epoch": epoch, "lr": f"{lr_at(step, cfg, total):.2e}",
-                           "loss": f"{loss.item():.4f}", "frames_per_s": round(int(n.sum()) / SAMPLES_PER_FRAME / dt),
-                           "elapsed_s": round(elapsed), **{f"loss_{k}": f"{v.item():.4f}" for k, v in terms.items()}})
-            if step % cfg.save_every_steps == 0 or step == total:
-                save()
-            if stop_after_steps is not None and run_steps >= stop_after_steps:
-                save()
-                bar.close()
-                return out
-        if in_epoch >= len(batches):
-            epoch, in_epoch = epoch + 1, 0
-            wers = evaluate_greedy(model, dev_set, tokenizer, model.eval_batch_samples(max_samples), dev)
-            log.write({"step": step, "epoch": epoch,
-                       **{f"dev_wer_exit{j + 1}": f"{w:.2f}" for j, w in enumerate(wers)}})
-            tqdm.write(f"epoch {epoch}: dev WER per exit " + " ".join(f"{w:.1f}" for w in wers))
-            save()
-    bar.close()
-    averaged = {k: v.cpu() for k, v in
-                average_checkpoints(sorted(ckpts.glob("step-*.pt"))[-cfg.optim.average_last:]).items()}
-    meta = {"steps": step, "epochs": epoch, "train_seconds": round(elapsed), "averaged": cfg.optim.average_last,
-            "name": cfg.name, "units": list(GRAPHEMES), "model_hash": weights_hash(averaged)}
+    if not loop.run(lambda epoch: bucket_batches(train.lengths, max_samples, cfg.seed, epoch), forward, end_epoch,
+                    stop_after_steps):
+        return out
+    averaged = {k: v.cpu() for k, v in loop.average(cfg.optim.average_last).items()}
+    meta = {"steps": loop.step, "epochs": loop.epoch, "train_seconds": round(loop.elapsed),
+            "averaged": cfg.optim.average_last, "name": cfg.name, "units": list(GRAPHEMES),
+            "model_hash": weights_hash(averaged)}
     tmp = out / "model.pt.tmp"
     torch.save({"version": CHECKPOINT_VERSION, "state_dict": averaged, "meta": meta}, tmp)
     tmp.replace(out / "model.pt")

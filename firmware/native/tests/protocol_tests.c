@@ -253,8 +253,20 @@ static void test_every_message_type_matches_the_reference_and_round_trips(void) 
     const eeasr_handoff *hob = &ev.msg.u.handoff;
     CHECK(hob->utt_id == 0xFFFFFFFFu && hob->scale == 0.0421f && hob->zero_point == -128 && hob->t_valid == 38 &&
               hob->d == 144 && memcmp(hob->hidden, hidden, sizeof hidden) == 0 &&
-              memcmp(hob->model_hash, "abcdefgh", 8) == 0,
+              memcmp(hob->model_hash, "abcdefgh", 8) == 0 && hob->n_modules == 0 && hob->modules == NULL,
           "handoff fields");
+    /* With a module mask: unused bits the caller left set are packed as 0, and the mask comes back. */
+    static const uint8_t mask[2] = {0x5A, 0xFF};
+    m.u.handoff.n_modules = 10;
+    m.u.handoff.modules = mask;
+    CHECK(eeasr_pack_message(&m, g_payload, sizeof g_payload, &n) == EEASR_OK && n == 26 + sizeof hidden + 3 &&
+              g_payload[n - 3] == 10 && g_payload[n - 2] == 0x5A && g_payload[n - 1] == 0x03,
+          "handoff with 10 modules");
+    CHECK(eeasr_encode(m.type, m.seq, g_payload, n, g_wire, sizeof g_wire, &k) == EEASR_OK &&
+              decode_one(g_wire, k, 1000, &ev, &events) == EEASR_OK && events == 1,
+          "handoff with modules back");
+    CHECK(hob->n_modules == 10 && hob->modules[0] == 0x5A && hob->modules[1] == 0x03 && hob->t_valid == 38,
+          "module mask fields");
 
     memset(&m, 0, sizeof m);
     m.type = EEASR_MSG_ERROR;
@@ -413,6 +425,20 @@ static void test_rejections_name_the_reason(void) {
     p[19] = 0x3F; /* scale 0.5 */
     CHECK(unpack_crafted(1, EEASR_MSG_HANDOFF, p, 31) == EEASR_BAD_STATE_SIZE, "5 state bytes for 2 x 3");
     CHECK(unpack_crafted(1, EEASR_MSG_HANDOFF, p, 32) == EEASR_OK, "2 x 3");
+    /* The optional module mask after the state: count, then exactly ceil(count / 8) bytes, unused bits 0. */
+    p[32] = 11;
+    p[33] = 0xA5;
+    p[34] = 0x05;
+    CHECK(unpack_crafted(1, EEASR_MSG_HANDOFF, p, 35) == EEASR_OK, "11 modules");
+    CHECK(unpack_crafted(1, EEASR_MSG_HANDOFF, p, 34) == EEASR_BAD_MODULE_MASK, "11 modules in 1 byte");
+    CHECK(unpack_crafted(1, EEASR_MSG_HANDOFF, p, 36) == EEASR_BAD_MODULE_MASK, "11 modules in 3 bytes");
+    p[34] = 0x0D; /* bit 11 set: past the count */
+    CHECK(unpack_crafted(1, EEASR_MSG_HANDOFF, p, 35) == EEASR_BAD_MODULE_MASK, "unused bit set");
+    p[32] = 0;
+    CHECK(unpack_crafted(1, EEASR_MSG_HANDOFF, p, 33) == EEASR_BAD_MODULE_MASK, "a mask of 0 modules");
+    p[32] = 16;
+    p[34] = 0xFF;
+    CHECK(unpack_crafted(1, EEASR_MSG_HANDOFF, p, 35) == EEASR_OK, "16 modules: every bit used");
     static const uint32_t bad_scales[] = {0x00000000u, 0x80000000u, 0xBF000000u, 0x7F800000u, 0x7FC00000u, 0xFF800000u};
     for (int i = 0; i < 6; i++) {
         for (int b = 0; b < 4; b++) p[16 + b] = (uint8_t)(bad_scales[i] >> (8 * b));

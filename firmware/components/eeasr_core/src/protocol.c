@@ -33,6 +33,8 @@ const char *eeasr_reason_str(eeasr_reason r) {
     case EEASR_BAD_EXIT_COUNT: return "hello: 1 to 32 exit layers";
     case EEASR_TOO_MANY_TOKENS: return "result: more than 1024 tokens";
     case EEASR_TEXT_TOO_LONG: return "result: text longer than 4096 bytes";
+    case EEASR_BAD_MODULE_MASK:
+        return "handoff: bad module mask (a count of 1 to 255 modules, then ceil(count / 8) bytes, unused bits 0)";
     }
     return "unknown reason";
 }
@@ -342,7 +344,15 @@ eeasr_reason eeasr_pack_result(const eeasr_result *m, uint8_t *out, size_t cap, 
 eeasr_reason eeasr_unpack_handoff(const uint8_t *p, size_t n, eeasr_handoff *m) {
     if (n < EEASR_HANDOFF_FIXED) return EEASR_SHORT_PAYLOAD;
     uint16_t t = eeasr_get_u16le(p + 22), d = eeasr_get_u16le(p + 24);
-    if (n != EEASR_HANDOFF_FIXED + (size_t)t * d) return EEASR_BAD_STATE_SIZE;
+    size_t end = EEASR_HANDOFF_FIXED + (size_t)t * d;
+    if (n < end) return EEASR_BAD_STATE_SIZE;
+    uint8_t n_modules = 0;
+    if (n > end) { /* a module mask: its count, then exactly the bytes it needs, unused bits 0 */
+        n_modules = p[end];
+        size_t bytes = ((size_t)n_modules + 7) / 8;
+        if (n_modules == 0 || n != end + 1 + bytes) return EEASR_BAD_MODULE_MASK;
+        if ((n_modules % 8) && (p[n - 1] >> (n_modules % 8))) return EEASR_BAD_MODULE_MASK;
+    }
     float scale = get_f32le(p + 16);
     if (!(scale > 0.0f && scale <= FLT_MAX)) return EEASR_BAD_SCALE; /* NaN, 0, negative, infinite */
     m->utt_id = get_u32le(p);
@@ -355,11 +365,14 @@ eeasr_reason eeasr_unpack_handoff(const uint8_t *p, size_t n, eeasr_handoff *m) 
     m->t_valid = t;
     m->d = d;
     m->hidden = (const int8_t *)(p + EEASR_HANDOFF_FIXED);
+    m->n_modules = n_modules;
+    m->modules = n_modules ? p + end + 1 : NULL;
     return EEASR_OK;
 }
 
 eeasr_reason eeasr_pack_handoff(const eeasr_handoff *m, uint8_t *out, size_t cap, size_t *n) {
-    size_t state = (size_t)m->t_valid * m->d, size = EEASR_HANDOFF_FIXED + state;
+    size_t state = (size_t)m->t_valid * m->d, mask = m->n_modules ? 1 + ((size_t)m->n_modules + 7) / 8 : 0;
+    size_t size = EEASR_HANDOFF_FIXED + state + mask;
     if (size > EEASR_MAX_PAYLOAD) return EEASR_PAYLOAD_TOO_LARGE;
     if (cap < size) return EEASR_NO_ROOM;
     put_u32le(out, m->utt_id);
@@ -373,6 +386,12 @@ eeasr_reason eeasr_pack_handoff(const eeasr_handoff *m, uint8_t *out, size_t cap
     eeasr_put_u16le(out + 22, m->t_valid);
     eeasr_put_u16le(out + 24, m->d);
     if (state) memcpy(out + EEASR_HANDOFF_FIXED, m->hidden, state);
+    if (mask) {
+        uint8_t *q = out + EEASR_HANDOFF_FIXED + state;
+        q[0] = m->n_modules;
+        memcpy(q + 1, m->modules, mask - 1);
+        if (m->n_modules % 8) q[mask - 1] &= (uint8_t)((1u << (m->n_modules % 8)) - 1u);
+    }
     *n = size;
     return EEASR_OK;
 }

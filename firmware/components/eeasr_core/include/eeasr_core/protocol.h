@@ -31,6 +31,7 @@ extern "C" {
 #define EEASR_MAX_TEXT 4096
 #define EEASR_MAX_EXITS 32         /* a HELLO packs 1 to 32 exit layers */
 #define EEASR_MAX_FIRMWARE_NAME 255 /* longer names are cut when packed, as the reference does */
+#define EEASR_MAX_MODULES 255       /* a HANDOFF module mask counts its modules in one byte */
 
 /* Fixed parts of the payloads. */
 #define EEASR_HELLO_FIXED 36
@@ -121,6 +122,8 @@ typedef enum {
     EEASR_BAD_EXIT_COUNT,     /* packing a HELLO: 1 to EEASR_MAX_EXITS exit layers */
     EEASR_TOO_MANY_TOKENS,    /* packing a RESULT */
     EEASR_TEXT_TOO_LONG,      /* packing a RESULT: text over EEASR_MAX_TEXT bytes */
+    EEASR_BAD_MODULE_MASK,    /* HANDOFF: bytes after the state are not one module mask (count 1..255, ceil(count /
+                                 8) bytes, unused bits 0) */
 } eeasr_reason;
 
 /* A fixed one-line description ("crc mismatch"), e.g. for an ERROR frame with code BAD_FRAME. */
@@ -172,6 +175,11 @@ typedef struct {
     uint16_t t_valid;
     uint16_t d;
     const int8_t *hidden;       /* [t_valid x d], row-major */
+    /* Gated (I3D) programs: module i (layer i / 2 + 1, attention if i is even, feed-forward if odd) is bit i % 8
+       of modules[i / 8]. 0 modules (early-exit programs): no mask on the wire, modules is not read. Unused bits
+       of the last byte are packed as 0 whatever the caller's byte holds. */
+    uint8_t n_modules;
+    const uint8_t *modules;     /* (n_modules + 7) / 8 bytes */
 } eeasr_handoff;
 
 typedef struct {
