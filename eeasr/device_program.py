@@ -149,6 +149,22 @@ def run_stage(stage: Stage, x_q: np.ndarray, n_frames: int) -> StepOutput:
                       {n: seg.outputs[n].qparams for n in raw if seg.outputs[n].qparams is not None})
 
 
+def load_segment(bundle: Bundle, entry: dict) -> TFLMSegment:
+    """A bundle segment loaded in TFLM, its tensors checked against the manifest (names, quantization)."""
+    from eeasr.tflm import TFLMSegment
+
+    where = f"{bundle.path}/{entry['file']}"
+    seg = TFLMSegment(bundle.segment_bytes(entry["name"]), int(entry["arena"]["bytes"]), where)
+    for kind, table, got in (("input", entry["inputs"], seg.inputs), ("output", entry["outputs"], seg.outputs)):
+        if set(table) != set(got):
+            raise BundleError(f"{where}: the manifest lists {kind}s {sorted(table)}, the file has {sorted(got)}")
+        for name, d in table.items():
+            if "scale" in d and QParams.from_dict(d) != got[name].qparams:
+                raise BundleError(f"{where}: {kind} {name} is quantized {got[name].qparams} in the file "
+                                  f"but {QParams.from_dict(d)} in the manifest; reconvert the bundle")
+    return seg
+
+
 class DeviceProgram:
     """The device's segments in program order; `run` executes them on one window."""
 
@@ -172,8 +188,6 @@ class DeviceProgram:
         """Load the bundle's segments in TFLM (each with the manifest's arena), in the order of the program's
         steps, with the manifest's boundaries. Raises BundleError when the manifest's quantization parameters
         are not those of the .tflite files, or the program is not one this runner executes."""
-        from eeasr.tflm import TFLMSegment
-
         m = bundle.manifest
         dev = m["device"]
         if dev["program"]["kind"] != "early_exit":
@@ -189,17 +203,7 @@ class DeviceProgram:
         stages: list[Stage] = []
         for st in steps[:upto]:
             entry = by_name[st["segment"]]
-            where = f"{bundle.path}/{entry['file']}"
-            seg = TFLMSegment(bundle.segment_bytes(entry["name"]), int(entry["arena"]["bytes"]), where)
-            for kind, table, got in (("input", entry["inputs"], seg.inputs), ("output", entry["outputs"],
-                                                                              seg.outputs)):
-                if set(table) != set(got):
-                    raise BundleError(f"{where}: the manifest lists {kind}s {sorted(table)}, the file has "
-                                      f"{sorted(got)}")
-                for name, d in table.items():
-                    if "scale" in d and QParams.from_dict(d) != got[name].qparams:
-                        raise BundleError(f"{where}: {kind} {name} is quantized {got[name].qparams} in the file "
-                                          f"but {QParams.from_dict(d)} in the manifest; reconvert the bundle")
+            seg = load_segment(bundle, entry)
             prev = None
             if stages:
                 b = bounds.get(f"{entry['name']}.{INPUT_HIDDEN}")

@@ -39,7 +39,7 @@ import numpy as np
 
 from eeasr.bundle import Bundle, BundleError, QParams, dequantize, quantize, requantize
 from eeasr.device_program import (INPUT_COUNT, INPUT_FEATS, INPUT_HIDDEN, OUTPUT_HIDDEN, OUTPUT_LOGITS, ExitOutput,
-                                  Stage, StepOutput, WindowOutput, encoder_frames)
+                                  Stage, StepOutput, WindowOutput, encoder_frames, load_segment)
 
 if TYPE_CHECKING:
     from eeasr.tflm import TFLMSegment
@@ -177,8 +177,6 @@ class GatedProgram:
         """Load every segment the bundle's gated program names, each with its manifest arena; BundleError when
         the program is of another kind or a file's quantization is not the manifest's. `beta` overrides the
         manifest's threshold."""
-        from eeasr.tflm import TFLMSegment
-
         m = bundle.manifest
         prog = m["device"]["program"]
         if prog["kind"] != "gated":
@@ -187,18 +185,7 @@ class GatedProgram:
         segs: dict[str, TFLMSegment] = {}
         macs: dict[str, int] = {}
         for entry in bundle.segments:
-            where = f"{bundle.path}/{entry['file']}"
-            seg = TFLMSegment(bundle.segment_bytes(entry["name"]), int(entry["arena"]["bytes"]), where)
-            for kind, table, got in (("input", entry["inputs"], seg.inputs), ("output", entry["outputs"],
-                                                                              seg.outputs)):
-                if set(table) != set(got):
-                    raise BundleError(f"{where}: the manifest lists {kind}s {sorted(table)}, the file has "
-                                      f"{sorted(got)}")
-                for name, d in table.items():
-                    if "scale" in d and QParams.from_dict(d) != got[name].qparams:
-                        raise BundleError(f"{where}: {kind} {name} is quantized {got[name].qparams} in the file "
-                                          f"but {QParams.from_dict(d)} in the manifest; reconvert the bundle")
-            segs[entry["name"]] = seg
+            segs[entry["name"]] = load_segment(bundle, entry)
             macs[entry["name"]] = int(entry["cost"]["macs"])
         program = cls(segs, prog, macs, int(m["window"].get("subsampling", 4)), beta)
         if program.window != bundle.window:
