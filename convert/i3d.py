@@ -43,8 +43,9 @@ import tensorflow as tf
 
 from eeasr.bundle import Bundle, dequantize, quantize, sha256_bytes, sha256_file
 from eeasr.convert.cost import SegmentCost, segment_cost
-from eeasr.convert.esp_ops import OpUse, check_ops, kernel_for
-from eeasr.convert.segments import AgreementError, CalibrationSet, cosine, eval_windows, load_calibration
+from eeasr.convert.esp_ops import OpUse, check_ops
+from eeasr.convert.segments import (AgreementError, CalibrationSet, cosine, eval_windows, load_calibration, op_table,
+                                    tensor_io)
 from eeasr.convert.tf_model import (N_MELS, DenseW, FrontW, LayerNormW, _dense, _ln, _np, dense, feed_forward,
                                     frame_mask, front, front_weights, layer_norm, rename_tensors, self_attention,
                                     set_full_integer)
@@ -213,17 +214,10 @@ class ModuleSegment:
         return self.mod.name
 
     def io(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        def desc(info: Any) -> dict[str, Any]:
-            d: dict[str, Any] = {"dtype": info.dtype.lower(), "shape": list(info.shape)}
-            if info.qparams is not None:
-                d.update(scale=info.qparams.scale, zero_point=info.qparams.zero_point)
-            return d
-        return ({n: desc(i) for n, i in self.tflm.inputs.items()}, {n: desc(i) for n, i in self.tflm.outputs.items()})
+        return tensor_io(self.tflm)
 
     def op_table(self) -> list[list[str]]:
-        rows = sorted({(u.op, f"{u.in_dtype}->{u.out_dtype}" if u.in_dtype != u.out_dtype else u.in_dtype,
-                        kernel_for(u) or "-") for u in self.ops})
-        return [list(r) for r in rows]
+        return op_table(self.ops)
 
 
 def build_segment(mod: TFModule, reps: list[list[np.ndarray]]) -> ModuleSegment:

@@ -111,6 +111,23 @@ def load_calibration(model_dir: Path, norm: NormStats, window: int) -> Calibrati
 
 # ---------------------------------------------------------------------------------------- device segment
 
+def tensor_io(tflm: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A TFLM segment's inputs and outputs as the manifest lists them (dtype, shape, scale and zero point)."""
+    def desc(info: Any) -> dict[str, Any]:
+        d: dict[str, Any] = {"dtype": info.dtype.lower(), "shape": list(info.shape)}
+        if info.qparams is not None:
+            d.update(scale=info.qparams.scale, zero_point=info.qparams.zero_point)
+        return d
+    return {n: desc(i) for n, i in tflm.inputs.items()}, {n: desc(i) for n, i in tflm.outputs.items()}
+
+
+def op_table(ops: list[OpUse]) -> list[list[str]]:
+    """Distinct (op, dtypes, kernel) rows: what the firmware registers and which kernels it gets."""
+    rows = sorted({(u.op, f"{u.in_dtype}->{u.out_dtype}" if u.in_dtype != u.out_dtype else u.in_dtype,
+                    kernel_for(u) or "-") for u in ops})
+    return [list(r) for r in rows]
+
+
 @dataclass
 class DeviceSegment:
     plan: SegmentPlan
@@ -136,12 +153,7 @@ class DeviceSegment:
         return self.tflm.outputs[name].qparams
 
     def io(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        def desc(info: Any) -> dict[str, Any]:
-            d: dict[str, Any] = {"dtype": info.dtype.lower(), "shape": list(info.shape)}
-            if info.qparams is not None:
-                d.update(scale=info.qparams.scale, zero_point=info.qparams.zero_point)
-            return d
-        return ({n: desc(i) for n, i in self.tflm.inputs.items()}, {n: desc(i) for n, i in self.tflm.outputs.items()})
+        return tensor_io(self.tflm)
 
     def stage(self, prev: DeviceSegment | None = None) -> Stage:
         """This segment as a step of the device program, after `prev` (None for the first)."""
@@ -149,10 +161,7 @@ class DeviceSegment:
                      prev.out_q() if prev is not None else None)
 
     def op_table(self) -> list[list[str]]:
-        """Distinct (op, dtypes, kernel) rows: what the firmware registers and which kernels it gets."""
-        rows = sorted({(u.op, f"{u.in_dtype}->{u.out_dtype}" if u.in_dtype != u.out_dtype else u.in_dtype,
-                        kernel_for(u) or "-") for u in self.ops})
-        return [list(r) for r in rows]
+        return op_table(self.ops)
 
 
 def convert_segment(model: Any, plan: SegmentPlan, window: int, reps: list[tuple[np.ndarray, int]],
