@@ -44,19 +44,19 @@ import tensorflow as tf
 from eeasr.bundle import Bundle, dequantize, quantize, sha256_bytes, sha256_file
 from eeasr.convert.cost import SegmentCost, segment_cost
 from eeasr.convert.esp_ops import OpUse, check_ops
-from eeasr.convert.segments import (AgreementError, CalibrationSet, cosine, eval_windows, load_calibration, op_table,
-                                    tensor_io)
+from eeasr.convert.segments import (AgreementError, CalibrationSet, cosine, eval_windows, load_calibration,
+                                    load_quantized, op_table, tensor_io)
 from eeasr.convert.tf_model import (N_MELS, DenseW, FrontW, LayerNormW, _dense, _ln, _np, dense, feed_forward,
                                     frame_mask, front, front_weights, layer_norm, rename_tensors, self_attention,
                                     set_full_integer)
-from eeasr.convert.tflm import arena_with_margin, op_uses
+from eeasr.convert.tflm import op_uses
 from eeasr.device_program import INPUT_COUNT, INPUT_FEATS, INPUT_HIDDEN, OUTPUT_HIDDEN, OUTPUT_LOGITS, encoder_frames
 from eeasr.exits import log_softmax
 from eeasr.gated_program import (FFN, INPUT_POOLED, MHA, OUTPUT_GATE, GatedProgram, Stream, decide, pool_valid,
                                  run_front, run_module, run_predictor, server_gate_input)
 
 from eeasr.server_model import SERVER_INPUT_BETA, SERVER_INPUT_GATES, SERVER_OUTPUT_GATES
-from eeasr.tflm import TFLMSegment, smallest_arena
+from eeasr.tflm import TFLMSegment
 
 Log = Callable[[str], None]
 OPSET = 17
@@ -226,12 +226,7 @@ def build_segment(mod: TFModule, reps: list[list[np.ndarray]]) -> ModuleSegment:
     data = convert_module(mod, reps)
     uses = op_uses(data)
     check_ops(uses, f"{mod.name} ({mod.role}, layer {mod.layer})")
-    arena_min = smallest_arena(data)
-    arena = arena_with_margin(arena_min)
-    seg = TFLMSegment(data, arena, where=mod.name)
-    for name, info in {**seg.inputs, **seg.outputs}.items():
-        if name != INPUT_COUNT and info.qparams is None:
-            raise RuntimeError(f"{mod.name}: tensor {name} is {info.dtype}, not quantized")
+    seg, arena_min, arena = load_quantized(data, mod.name)
     return ModuleSegment(mod, data, seg, arena_min, arena, uses, time.perf_counter() - t0)
 
 

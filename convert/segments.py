@@ -164,6 +164,18 @@ class DeviceSegment:
         return op_table(self.ops)
 
 
+def load_quantized(data: bytes, name: str) -> tuple[TFLMSegment, int, int]:
+    """A converted segment in TFLM with its smallest arena plus margin: (segment, smallest arena, arena).
+    Every tensor but the valid-frame count must be quantized (a float tensor is a conversion error)."""
+    arena_min = smallest_arena(data)
+    arena = arena_with_margin(arena_min)
+    tflm = TFLMSegment(data, arena, where=name)
+    for tname, info in {**tflm.inputs, **tflm.outputs}.items():
+        if tname != INPUT_COUNT and info.qparams is None:
+            raise RuntimeError(f"{name}: tensor {tname} is {info.dtype}, not quantized")
+    return tflm, arena_min, arena
+
+
 def convert_segment(model: Any, plan: SegmentPlan, window: int, reps: list[tuple[np.ndarray, int]],
                     activations: str = "int8") -> DeviceSegment:
     """Rebuild in TF, convert with `reps` as representative data, check ops against esp-tflite-micro, load in
@@ -185,12 +197,7 @@ def convert_segment(model: Any, plan: SegmentPlan, window: int, reps: list[tuple
     uses = op_uses(data)
     check_ops(uses, f"{plan.name} (blocks {plan.first_block + 1}-{plan.last_block}, exit {plan.exit_index}, "
                     f"{activations} activations)")
-    arena_min = smallest_arena(data)
-    arena = arena_with_margin(arena_min)
-    tflm = TFLMSegment(data, arena, where=plan.name)
-    for name, info in {**tflm.inputs, **tflm.outputs}.items():
-        if name != INPUT_COUNT and info.qparams is None:
-            raise RuntimeError(f"{plan.name}: tensor {name} is {info.dtype}, not quantized")
+    tflm, arena_min, arena = load_quantized(data, plan.name)
     return DeviceSegment(plan, seg, data, tflm, activations, arena_min, arena, tflm.allocations(), uses,
                          time.perf_counter() - t0)
 

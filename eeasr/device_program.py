@@ -149,6 +149,17 @@ def run_stage(stage: Stage, x_q: np.ndarray, n_frames: int) -> StepOutput:
                       {n: seg.outputs[n].qparams for n in raw if seg.outputs[n].qparams is not None})
 
 
+def quantize_window(feats: np.ndarray, window: int, n_mels: int, qp: QParams) -> tuple[np.ndarray, int]:
+    """Normalized features [T, n_mels] (T <= window) -> (int8 [1, window, n_mels], T): zeros past T, then
+    quantized with the first segment's input parameters `qp`, as the device does."""
+    feats = np.asarray(feats, np.float32)
+    if feats.ndim != 2 or feats.shape[1] != n_mels or not 0 < len(feats) <= window:
+        raise ValueError(f"features {feats.shape}: expected [1..{window}, {n_mels}]")
+    x = np.zeros((1, window, n_mels), np.float32)
+    x[0, : len(feats)] = feats
+    return quantize(x, qp), len(feats)
+
+
 def load_segment(bundle: Bundle, entry: dict) -> TFLMSegment:
     """A bundle segment loaded in TFLM, its tensors checked against the manifest (names, quantization)."""
     from eeasr.tflm import TFLMSegment
@@ -228,12 +239,7 @@ class DeviceProgram:
     def quantize_features(self, feats: np.ndarray) -> tuple[np.ndarray, int]:
         """Normalized features [T, n_mels] (T <= W) -> (int8 [1, W, n_mels], T): zeros past T, then quantized
         with the first segment's input parameters, as the device does."""
-        feats = np.asarray(feats, np.float32)
-        if feats.ndim != 2 or feats.shape[1] != self.n_mels or not 0 < len(feats) <= self.window:
-            raise ValueError(f"features {feats.shape}: expected [1..{self.window}, {self.n_mels}]")
-        x = np.zeros((1, self.window, self.n_mels), np.float32)
-        x[0, : len(feats)] = feats
-        return quantize(x, self.feats_qparams), len(feats)
+        return quantize_window(feats, self.window, self.n_mels, self.feats_qparams)
 
     def run(self, feats_q: np.ndarray, n_frames: int, upto: int | None = None,
             stop: Callable[[ExitOutput], bool] | None = None) -> WindowOutput:

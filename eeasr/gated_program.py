@@ -39,7 +39,8 @@ import numpy as np
 
 from eeasr.bundle import Bundle, BundleError, QParams, dequantize, quantize, requantize
 from eeasr.device_program import (INPUT_COUNT, INPUT_FEATS, INPUT_HIDDEN, OUTPUT_HIDDEN, OUTPUT_LOGITS, ExitOutput,
-                                  Stage, StepOutput, WindowOutput, encoder_frames, load_segment)
+                                  Stage, StepOutput, WindowOutput, encoder_frames, load_segment,
+                                  quantize_window)
 
 if TYPE_CHECKING:
     from eeasr.tflm import TFLMSegment
@@ -210,12 +211,7 @@ class GatedProgram:
 
     def quantize_features(self, feats: np.ndarray) -> tuple[np.ndarray, int]:
         """Normalized features [T, n_mels] (T <= W) -> (int8 [1, W, n_mels], T), zeros past T, as the device."""
-        feats = np.asarray(feats, np.float32)
-        if feats.ndim != 2 or feats.shape[1] != self.n_mels or not 0 < len(feats) <= self.window:
-            raise ValueError(f"features {feats.shape}: expected [1..{self.window}, {self.n_mels}]")
-        x = np.zeros((1, self.window, self.n_mels), np.float32)
-        x[0, : len(feats)] = feats
-        return quantize(x, self.feats_qparams), len(feats)
+        return quantize_window(feats, self.window, self.n_mels, self.feats_qparams)
 
     def run(self, feats_q: np.ndarray, n_frames: int, stop: Callable[[ExitOutput], bool] | None = None,
             beta: float | None = None, gates: np.ndarray | None = None) -> GatedWindowOutput:
