@@ -107,7 +107,7 @@ def build_segments(ck: Any, opts: ConvertOptions, log: Log, n_segments: int | No
 def convert_checkpoint(checkpoint: Path, out: Path, opts: ConvertOptions, log: Log = print) -> Bundle:
     """Convert; raises AgreementError, UnsupportedOpError, ServerCheckError, TFLMError with what went wrong."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from eeasr.convert.bundle import bundle_id, prepare_out, write_bundle
+    from eeasr.convert.bundle import bundle_id, model_sections, prepare_out, write_bundle
     from eeasr.convert.csource import write_firmware
     from eeasr.convert.esp_ops import ESP_NN_VERSION, ESP_TFLITE_MICRO_COMMIT, ESP_TFLITE_MICRO_VERSION
     from eeasr.convert.cost import Assumptions
@@ -256,15 +256,7 @@ def convert_checkpoint(checkpoint: Path, out: Path, opts: ConvertOptions, log: L
     manifest: dict[str, Any] = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "bundle_id": bundle_id(ck.model_hash, k, content_hashes, thresholds),
-        "model": {"hash": ck.model_hash, "checkpoint": str(checkpoint), "checkpoint_files": ck_files,
-                  "encoder": cfg.encoder, "n_layers": cfg.exits[-1], "d_model": cfg.d_model, "n_heads": cfg.n_heads,
-                  "vocab_size": cfg.vocab_size, "blank": 0, "exit_layers": list(cfg.exits)},
-        "features": {"config": ck.features.to_dict(), "hash": ck.features.hash(),
-                     "norm": {"mean": [float(v) for v in ck.norm.mean], "std": [float(v) for v in ck.norm.std]}},
-        "window": {"frames": window, "encoder_frames": window // 4, "subsampling": cfg.subsampling,
-                   "mask_bias": cfg.mask_bias},
-        "tokenizer": {"file": "tokenizer.model", "sha256": content_hashes["tokenizer.model"],
-                      "vocab_size": ck.tokenizer.vocab_size},
+        **model_sections(ck, checkpoint, ck_files, content_hashes["tokenizer.model"], window),
         "device": {
             "exits": k, "target": "ESP32-S3, esp-tflite-micro",
             "segments": [_segment_entry(s, c) for s, c in zip(segments, costs)],

@@ -14,6 +14,22 @@ from typing import Any
 from eeasr.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST, Bundle, load_bundle, sha256_bytes, sha256_file
 
 
+def model_sections(ck: Any, checkpoint: Path, ck_files: dict[str, str], tokenizer_sha: str,
+                   window: int) -> dict[str, Any]:
+    """The manifest's model, features, window and tokenizer sections: the same for every model family."""
+    cfg = ck.cfg.model
+    return {
+        "model": {"hash": ck.model_hash, "checkpoint": str(checkpoint), "checkpoint_files": ck_files,
+                  "encoder": cfg.encoder, "n_layers": cfg.exits[-1], "d_model": cfg.d_model, "n_heads": cfg.n_heads,
+                  "vocab_size": cfg.vocab_size, "blank": 0, "exit_layers": list(cfg.exits)},
+        "features": {"config": ck.features.to_dict(), "hash": ck.features.hash(),
+                     "norm": {"mean": [float(v) for v in ck.norm.mean], "std": [float(v) for v in ck.norm.std]}},
+        "window": {"frames": window, "encoder_frames": window // 4, "subsampling": cfg.subsampling,
+                   "mask_bias": cfg.mask_bias},
+        "tokenizer": {"file": "tokenizer.model", "sha256": tokenizer_sha, "vocab_size": ck.tokenizer.vocab_size},
+    }
+
+
 def bundle_id(model_hash: str, k: int, file_hashes: dict[str, str], thresholds: dict[str, Any]) -> str:
     """Identifies one conversion: the model, EXITS, the device/server model files and the thresholds."""
     blob = json.dumps({"model": model_hash, "exits": k, "files": dict(sorted(file_hashes.items())),

@@ -544,7 +544,7 @@ def convert_i3d(ck: Any, checkpoint: Path, out: Path, opts: Any, log: Log = prin
     """`eeasr-convert CHECKPOINT --exits K` for an I3D checkpoint (ck: a loaded eeasr.train.checkpoint); raises
     AgreementError, UnsupportedOpError, ServerCheckError, TFLMError, ValueError with what went wrong."""
     from eeasr.convert.build import _versions
-    from eeasr.convert.bundle import bundle_id, write_bundle
+    from eeasr.convert.bundle import bundle_id, model_sections, write_bundle
     from eeasr.convert.cost import Assumptions
     from eeasr.convert.esp_ops import ESP_NN_VERSION, ESP_TFLITE_MICRO_COMMIT, ESP_TFLITE_MICRO_VERSION
     from eeasr.convert.thresholds import calibrate
@@ -648,16 +648,7 @@ def convert_i3d(ck: Any, checkpoint: Path, out: Path, opts: Any, log: Log = prin
     manifest: dict[str, Any] = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "bundle_id": bundle_id(ck.model_hash, k, content, {"thresholds": thresholds, "program": prog}),
-        "model": {"hash": ck.model_hash, "checkpoint": str(checkpoint), "checkpoint_files": ck_files,
-                  "encoder": cfg.encoder, "n_layers": cfg.n_layers, "d_model": cfg.d_model, "n_heads": cfg.n_heads,
-                  "vocab_size": cfg.vocab_size, "blank": 0, "exit_layers": list(cfg.exits),
-                  "i3d": {"predictor": cfg.i3d.predictor, "hidden": cfg.i3d.hidden, "beta": beta}},
-        "features": {"config": ck.features.to_dict(), "hash": ck.features.hash(),
-                     "norm": {"mean": [float(v) for v in ck.norm.mean], "std": [float(v) for v in ck.norm.std]}},
-        "window": {"frames": window, "encoder_frames": window // 4, "subsampling": cfg.subsampling,
-                   "mask_bias": cfg.mask_bias},
-        "tokenizer": {"file": "tokenizer.model", "sha256": content["tokenizer.model"],
-                      "vocab_size": ck.tokenizer.vocab_size},
+        **model_sections(ck, checkpoint, ck_files, content["tokenizer.model"], window),
         "device": {
             "exits": k, "layers": L, "target": "ESP32-S3, esp-tflite-micro",
             "segments": [_segment_entry(s) for s in segs.values()],
@@ -680,6 +671,7 @@ def convert_i3d(ck: Any, checkpoint: Path, out: Path, opts: Any, log: Log = prin
         "toolchain": _versions(),
         "options": {"exits": k, "calibration_windows": opts.calibration_windows},
     }
+    manifest["model"]["i3d"] = {"predictor": cfg.i3d.predictor, "hidden": cfg.i3d.hidden, "beta": beta}
     timings["total_before_write"] = time.perf_counter() - t_start
     manifest["timings_s"] = {n: round(v, 2) for n, v in timings.items()}
     bundle = write_bundle(Path(out), manifest, files, None)
