@@ -266,7 +266,7 @@ def test_iterative_pruning_removes_the_least_harmful_layer_each_step(memorized):
 
 def test_recipes_load_and_build():
     built = {}
-    for name in ("transformer", "transformer-layerdrop", "i3d-lgp", "i3d-ggp"):
+    for name in ("transformer", "transformer-L4", "transformer-L8", "transformer-layerdrop", "i3d-lgp", "i3d-ggp"):
         cfg = load_config(CONFIGS / f"{name}.yaml")
         cfg.model.vocab_size = 257
         if cfg.model.encoder == "i3d":  # the shape comes from the Transformer run it starts from
@@ -275,6 +275,7 @@ def test_recipes_load_and_build():
             cfg.model = init_model_config(cfg.model, dataclasses.replace(base, vocab_size=257))
         built[name] = build_model(cfg.model)
     assert type(built["transformer"]) is TransformerCTC and len(built["transformer"].layers) == 12
+    assert [len(built[f"transformer-L{n}"].layers) for n in (4, 8)] == [4, 8]
     assert built["transformer-layerdrop"].cfg.i3d.inter_ctc == [3, 6, 9]
     assert built["transformer-layerdrop"].cfg.i3d.layerdrop > 0
     assert built["i3d-lgp"].cfg.i3d.predictor == "local" and len(built["i3d-lgp"].gate_predictors) == 12
@@ -345,3 +346,14 @@ def test_an_i3d_run_fine_tunes_a_transformer_run(tiny_corpus: Path, tmp_path: Pa
     one = load_checkpoint(tmp_path / "p" / "L1")
     assert one.cfg.model.n_layers == 1 and one.cfg.model.exits == [1] and one.meta["kept_layers"] == \
         [int(k) for k in lines[-1].split(",")[1].split()]
+
+    # One plot of all three: the sweep's points, the pruning path and the Transformer scored as a static point.
+    res = cli.invoke(main, ["i3d-compare", "--sweep", f"I3D={tmp_path / 's' / 'sweep.csv'}", "--pruned",
+                            str(tmp_path / "p" / "prune.csv"), "--static", str(base), "--out", str(tmp_path / "c")])
+    assert res.exit_code == 0, res.output
+    rows = [r.split(",") for r in (tmp_path / "c" / "compare.csv").read_text().splitlines()]
+    assert rows[0] == ["model", "point", "avg_layers", "wer"]
+    assert [r[0] for r in rows[1:]] == ["I3D"] * 2 + ["pruned (LayerDrop + InterCTC)"] * 3 + ["standard Transformer"]
+    # All 3 layers kept is the Transformer itself (InterCTC shares the last head): the same test WER both ways.
+    assert rows[-1][2:] == ["3.00", lines[1].split(",")[3]]
+    assert (tmp_path / "c" / "compare.png").stat().st_size > 0 and "| I3D | beta 0.0 |" in res.output

@@ -342,6 +342,58 @@ def prune(run: Path, manifest: Path | None, limit: int | None, min_layers: int, 
     click.echo(f"{out / 'prune.csv'}")
 
 
+@main.command("i3d-compare")
+@click.option("--sweep", "sweeps", multiple=True, metavar="LABEL=CSV",
+              help="An I3D sweep (the sweep.csv of `eeasr-train i3d-sweep`) as one curve; repeatable.")
+@click.option("--static", "statics", multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="A standard Transformer run scored here as one point at its depth; repeatable.")
+@click.option("--pruned", "pruned_csv", type=click.Path(exists=True, path_type=Path), default=None,
+              help="A prune.csv (eeasr-train prune) as one curve.")
+@click.option("--split", default="test", help="Which split the static runs are scored on (as the sweeps were).")
+@click.option("--manifest", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Corpus manifest [default: each run's data.corpus].")
+@click.option("--limit", type=int, default=None, help="Score only the first N utterances (as the sweeps did).")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("bench/out/i3d"), show_default=True,
+              help="Output directory.")
+def i3d_compare(sweeps: tuple[str, ...], statics: tuple[Path, ...], pruned_csv: Path | None, split: str,
+                manifest: Path | None, limit: int | None, out: Path) -> None:
+    """WER against average executed layers for I3D sweeps, standard Transformers of fewer layers and the pruned
+    Transformer on one plot (the I3D paper's Fig. 2-3): compare.png, compare.csv and a Markdown table.
+    Give the sweeps and the pruning the same --split/--limit as here, so every point scores the same utterances."""
+    import csv
+
+    from eeasr.train.i3d_report import Curve, write_comparison
+    from eeasr.train.trainer import evaluate_greedy
+
+    curves = []
+    for s in sweeps:
+        label, sep, path = s.partition("=")
+        if not sep or not Path(path).is_file():
+            raise click.BadParameter(f"{s!r}: expected LABEL=PATH to an existing sweep.csv", param_hint="--sweep")
+        with open(path) as f:
+            curves.append(Curve(label, [(float(r["avg_layers"]), float(r["wer"]), f"beta {r['beta']}")
+                                        for r in csv.DictReader(f)]))
+    if pruned_csv:
+        with pruned_csv.open() as f:
+            curves.append(Curve("pruned (LayerDrop + InterCTC)",
+                                [(float(r["n_layers"]), float(r[f"{split}_wer"]), f"{r['n_layers']} layers")
+                                 for r in csv.DictReader(f)]))
+    points = []
+    for run in statics:
+        ck = _load(run)
+        data = _cached_split(ck, split, manifest, limit)
+        w = evaluate_greedy(ck.model, data, ck.tokenizer, ck.cfg.data.max_batch_frames,
+                            next(ck.model.parameters()).device)[-1]
+        points.append((float(ck.cfg.model.n_layers), w, run.name))
+        click.echo(f"{run.name}: {ck.cfg.model.n_layers} layers, WER {w:.1f}%")
+    if points:
+        curves.append(Curve("standard Transformer", points))
+    if not curves:
+        raise click.UsageError("nothing to compare: give --sweep, --static or --pruned")
+    files = write_comparison(curves, out, f"WER vs layers ({split}{f', first {limit}' if limit else ''})")
+    click.echo((out / "compare.md").read_text() + "\n".join(map(str, files)))
+
+
 @main.command("i3d-sweep")
 @click.argument("run", type=click.Path(exists=True, path_type=Path))
 @click.option("--betas", default="0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1",

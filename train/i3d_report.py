@@ -147,6 +147,42 @@ def write_gate_report(rep: GateReport, out: Path, title: str,
     return [out / n for n in ("sweep.csv", "gates.csv", "utts.csv", "sweep.png", "gates.png", "lengths.png")]
 
 
+@dataclass
+class Curve:
+    """One model family on the WER-vs-layers plot: a line of points (an I3D sweep over beta, a pruning path) or
+    single static models (label per point)."""
+    label: str
+    points: list[tuple[float, float, str]]  # (average layers, WER %, what the point is: beta, depth, run)
+    line: bool = True
+
+
+def write_comparison(curves: Sequence[Curve], out: Path, title: str) -> list[Path]:
+    """The paper's Fig. 2-3 shape: WER against average executed layers for every curve on one plot
+    (compare.png), the same points as compare.csv and as a Markdown table (compare.md). Returns the files."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [[c.label, note, f"{x:.2f}", f"{y:.2f}"] for c in curves for x, y, note in c.points]
+    _write_csv(out / "compare.csv", ["model", "point", "avg_layers", "wer"], rows)
+    md = ["| model | point | avg layers | WER % |", "|---|---|---:|---:|"]
+    md += [f"| {m} | {p} | {x} | {y} |" for m, p, x, y in rows]
+    (out / "compare.md").write_text("\n".join(md) + "\n")
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for c in curves:
+        pts = sorted(c.points)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "-o" if c.line else "s", markersize=4, label=c.label)
+    ax.set_xlabel("average number of layers ((MHA + FFN modules) / 2)")
+    ax.set_ylabel("WER (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, out / "compare.png")
+    return [out / n for n in ("compare.csv", "compare.md", "compare.png")]
+
+
 def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
     with path.open("w", newline="") as f:
         w = csv.writer(f)
