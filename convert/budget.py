@@ -6,6 +6,11 @@ much; `eeasr-firmware table` prints the budget for EXITS = 1..N.
 The partition sizes come from firmware/partitions.csv (the table the firmware is built with). The SRAM and
 PSRAM figures are estimates written next to each number: replace them with `idf.py size` and the device's
 PROFILE report (`eeasr-host device-info`) once a board is at hand.
+
+Either program kind: an early-exit bundle's first k segments (EXITS = k), or a gated (I3D) bundle's every
+segment (its one EXITS). One arena serves every segment in turn, so it is the largest segment's; flash holds
+them all. The worst-case latency runs every segment (a gated program with every gate open); the fastest
+answer is segment 1 alone (early-exit) or the front, predictor(s) and head with every gate closed (gated).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eeasr.convert.model_image import plan_layout
+from eeasr.convert.model_image import image_segments, plan_layout
 
 FIRMWARE = Path(__file__).resolve().parent.parent / "firmware"
 PARTITIONS_CSV = FIRMWARE / "partitions.csv"
@@ -108,8 +113,8 @@ class Budget:
     weights_where: str                  # "psram" (copied at boot) or "flash" (XIP from the mmapped partition)
     psram_used: int
     sram_used: int
-    latency_s_per_s: dict[str, float]   # scenario -> modelled seconds per second of audio, all k segments run
-    first_exit_s_per_s: float           # ESP-NN, weights where they live, only segment 1
+    latency_s_per_s: dict[str, float]   # scenario -> modelled seconds per second of audio, every segment run
+    first_exit_s_per_s: float           # ESP-NN, weights where they live, the fastest answer (module docstring)
     problems: list[str]
 
     @property
@@ -118,12 +123,15 @@ class Budget:
 
 
 def check_budget(manifest: dict[str, Any], k: int | None = None, lim: Limits | None = None) -> Budget:
-    """Budget of the manifest's first `k` device segments (default: all) against `lim`."""
+    """Budget of the manifest's device program against `lim`: an early-exit program's first `k` segments
+    (default: all); a gated program's every segment (`k` may only be its EXITS; ModelImageError otherwise)."""
     lim = lim or Limits.from_partitions()
-    segs = manifest["device"]["segments"][:k]
-    k = len(segs)
-    if k == 0:
+    image = image_segments(manifest, k)
+    segs = [s.entry for s in image]
+    if not segs:
         raise ValueError("the bundle has no device segments")
+    gated = manifest["device"]["program"]["kind"] == "gated"
+    k = int(manifest["device"]["exits"]) if gated else len(segs)
     lay = plan_layout(manifest, k)
     arena = max(int(s["arena"]["bytes"]) for s in segs)
     where = arena_home(arena, lim)
@@ -151,8 +159,9 @@ def check_budget(manifest: dict[str, Any], k: int | None = None, lim: Limits | N
     for s in segs:
         for scen, v in s["cost"]["latency_s"].items():
             lat[scen] = lat.get(scen, 0.0) + v / window_s
-    first = segs[0]["cost"]["latency_s"][f"esp-nn/{weights}"] / window_s
-    return Budget(k, [s["exit"]["layer"] for s in segs], lay.total, seg_bytes, lim.app_estimate_bytes + lay.total,
+    fastest = [s.entry for s in image if s.role not in ("mha", "ffn")] if gated else segs[:1]
+    first = sum(s["cost"]["latency_s"][f"esp-nn/{weights}"] for s in fastest) / window_s
+    return Budget(k, [s.exit[1] for s in image if s.exit[0]], lay.total, seg_bytes, lim.app_estimate_bytes + lay.total,
                   arena, where, weights, psram, sram, lat, first, problems)
 
 
@@ -162,14 +171,17 @@ def refusal(b: Budget) -> str:
 
 
 def budget_table(manifest: dict[str, Any], lim: Limits | None = None, ks: list[int] | None = None) -> str:
-    """Markdown: one row per EXITS = k (the first k segments of an all-exits bundle), then the limits."""
+    """Markdown: one row per EXITS = k (the first k segments of an all-exits bundle; a gated bundle's one EXITS),
+    then the limits."""
     lim = lim or Limits.from_partitions()
+    gated = manifest["device"]["program"]["kind"] == "gated"
     n = len(manifest["device"]["segments"])
-    ks = ks or list(range(1, n + 1))
+    ks = ks or ([int(manifest["device"]["exits"])] if gated else list(range(1, n + 1)))
     w = manifest["window"]["frames"]
     rows = ["| EXITS (exit layers) | model image B (segments B) | flash B: app est. + image | arena B | arena in "
-            "| weights in | SRAM / PSRAM used B | s per s of audio, all k segments, as placed (ESP-NN) "
-            "| ESP-NN, weights in flash (XIP) | ESP-NN, weights in PSRAM | exit 1 only, as placed | fits |",
+            "| weights in | SRAM / PSRAM used B | s per s of audio, every segment run, as placed (ESP-NN) "
+            "| ESP-NN, weights in flash (XIP) | ESP-NN, weights in PSRAM | "
+            + ("every gate closed" if gated else "exit 1 only") + ", as placed | fits |",
             "|" + "---|" * 12]
     for k in ks:
         b = check_budget(manifest, k, lim)
@@ -183,8 +195,9 @@ def budget_table(manifest: dict[str, Any], lim: Limits | None = None, ks: list[i
         return str(v) if isinstance(v, bool) else f"{v:,}"
 
     limits = "\n".join(f"- {name} = {show(getattr(lim, name))}: {note}" for name, note in lim.notes().items())
+    worst = ("every gate open" if gated else "a window that is handed off")
     return (f"Window W = {w} frames ({w / 100:g} s); latency is per second of audio when every device segment "
-            f"runs (the worst case: a window that is handed off), modelled by convert/cost.py's roofline; above 1.0 "
+            f"runs (the worst case: {worst}), modelled by convert/cost.py's roofline; above 1.0 "
             f"the device falls behind real time and buffers audio.\n\n"
             + "\n".join(rows) + f"\n\nLimits (convert/budget.py):\n{limits}\n")
 

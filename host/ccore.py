@@ -2,9 +2,11 @@
 
 The simulated device runs the same C code as the ESP32-S3: the streaming log-mel front end, normalization and
 int8 quantization, requantization at segment boundaries, exit measures and greedy CTC, the wire protocol's
-framing (`encode`, `FrameDecoder`) and the endpointer (`Endpointer`). Every call hands whole arrays or byte
-strings to C (a chunk of audio, a window of logits, bytes from the serial line), so per-frame and per-byte
-work never loops in Python.
+framing (`encode`, `FrameDecoder`) and the endpointer (`Endpointer`). A gated (I3D) program's pooling and gate
+decisions (`pool_valid`, `gate_decide`) are bound too, for the tests that hold them against
+eeasr/gated_program.py (the simulated device runs segments and program steps in Python for either program
+kind). Every call hands whole arrays or byte strings to C (a chunk of audio, a window of logits, bytes from the
+serial line), so per-frame and per-byte work never loops in Python.
 
 The shared library is built on first use with `make -C firmware/native lib` (gcc), and rebuilt when a C
 source is newer than it. numpy only: no torch, no tensorflow.
@@ -68,6 +70,7 @@ def _array(dtype: type) -> type:
 
 
 _F32, _I8, _I16, _I32 = _array(np.float32), _array(np.int8), _array(np.int16), _array(np.int32)
+_BYTES = _array(np.uint8)
 _SIZE, _FLOAT, _INT32, _VOID = ctypes.c_size_t, ctypes.c_float, ctypes.c_int32, ctypes.c_void_p
 
 
@@ -162,6 +165,10 @@ _SIGNATURES: dict[str, tuple[type | None, list[type]]] = {
     "eeasr_dequantize_int8_array": (None, [_I8, _SIZE, _FLOAT, _INT32, _F32]),
     "eeasr_requantize_table": (None, [_FLOAT, _INT32, _FLOAT, _INT32, _I8]),
     "eeasr_requantize_apply": (None, [_I8, _I8, _SIZE, _I8]),
+    "eeasr_pool_valid": (None, [_I8, _SIZE, _SIZE, _FLOAT, _INT32, _F32]),
+    "eeasr_pool_valid_int8": (None, [_I8, _SIZE, _SIZE, _FLOAT, _INT32, _FLOAT, _INT32, _I8]),
+    "eeasr_gate_threshold": (ctypes.c_double, [ctypes.c_double]),
+    "eeasr_gate_decide": (_SIZE, [_I8, _SIZE, _FLOAT, _INT32, ctypes.c_double, _BYTES]),
     "eeasr_log_softmax": (None, [_F32, _SIZE, _SIZE, _F32]),
     "eeasr_exit_measures_int8": (None, [_I8, _SIZE, _SIZE, _FLOAT, _INT32, _INT32, _F32, ctypes.POINTER(_Measures)]),
     "eeasr_exit_measures_logp": (None, [_F32, _SIZE, _SIZE, _INT32, ctypes.POINTER(_Measures)]),
@@ -293,6 +300,53 @@ def requantize_int8(q: np.ndarray, in_scale: float, in_zp: int, out_scale: float
     _lib().eeasr_requantize_apply(requantize_table(in_scale, in_zp, out_scale, out_zp), q.reshape(-1), q.size,
                                   out.reshape(-1))
     return out
+
+
+def _stream(stream: np.ndarray, t_valid: int) -> np.ndarray:
+    stream = _int8(stream)
+    if stream.ndim != 2 or stream.shape[1] == 0:
+        raise ValueError(f"expected an int8 stream [T, d], got shape {stream.shape}")
+    if not 0 < t_valid <= stream.shape[0]:
+        raise ValueError(f"t_valid {t_valid} outside 1..{stream.shape[0]}")
+    return stream
+
+
+def pool_valid(stream: np.ndarray, t_valid: int, scale: float, zero_point: int) -> np.ndarray:
+    """The gate predictor's pooling in C: float32 [d], the mean of the int8 stream [T, d] over its first t_valid
+    frames (eeasr.gated_program.pool_valid, bit for bit)."""
+    _check_qparams(scale, zero_point)
+    stream = _stream(stream, t_valid)
+    out = np.empty(stream.shape[1], np.float32)
+    _lib().eeasr_pool_valid(stream, t_valid, stream.shape[1], scale, zero_point, out)
+    return out
+
+
+def pool_valid_int8(stream: np.ndarray, t_valid: int, scale: float, zero_point: int, out_scale: float,
+                    out_zero_point: int) -> np.ndarray:
+    """pool_valid quantized with the predictor segment's input parameters: its int8 input [d]."""
+    _check_qparams(scale, zero_point)
+    _check_qparams(out_scale, out_zero_point)
+    stream = _stream(stream, t_valid)
+    out = np.empty(stream.shape[1], np.int8)
+    _lib().eeasr_pool_valid_int8(stream, t_valid, stream.shape[1], scale, zero_point, out_scale, out_zero_point, out)
+    return out
+
+
+def gate_threshold(beta: float) -> float:
+    """log(beta / (1 - beta)) in C (eeasr.gated_program.gate_threshold, bit for bit)."""
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta {beta} outside [0, 1]")
+    return float(_lib().eeasr_gate_threshold(beta))
+
+
+def gate_decide(margins: np.ndarray, scale: float, zero_point: int, beta: float) -> np.ndarray:
+    """bool [n]: which gates open for int8 margins [n] at beta (eeasr.gated_program.decide of the dequantized
+    margins)."""
+    _check_qparams(scale, zero_point)
+    margins = _int8(margins).reshape(-1)
+    out = np.empty(margins.size, np.uint8)
+    _lib().eeasr_gate_decide(margins, margins.size, scale, zero_point, gate_threshold(beta), out)
+    return out.astype(bool)
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:

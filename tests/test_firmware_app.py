@@ -8,6 +8,7 @@ idf_component.yml, and the flashing step with esptool (merge-bin, write-flash, v
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
@@ -25,8 +26,8 @@ import pytest
 
 from eeasr.bundle import Bundle, QParams, load_bundle
 from eeasr.convert.budget import Limits, budget_table, check_budget, read_partitions, refusal
-from eeasr.convert.model_image import (HEADER_BYTES, ModelImageError, build_image, golden_vectors, parse_image,
-                                       plan_layout)
+from eeasr.convert.model_image import (HEADER_BYTES, VERSION, ModelImageError, build_image, golden_vectors,
+                                       parse_image, plan_layout)
 
 REPO = Path(__file__).resolve().parent.parent
 FW = REPO / "firmware"
@@ -160,9 +161,9 @@ def test_model_image_refuses_corrupt_and_foreign_bytes(small_bundle: Path) -> No
         with pytest.raises(ModelImageError, match=reason):
             parse_image(bytes(bad))
     newer = bytearray(data)
-    struct.pack_into("<H", newer, 8, 2)
+    struct.pack_into("<H", newer, 8, VERSION + 1)
     struct.pack_into("<I", newer, HEADER_BYTES - 4, zlib.crc32(bytes(newer[:HEADER_BYTES - 4])))
-    with pytest.raises(ModelImageError, match="version 2"):
+    with pytest.raises(ModelImageError, match=f"version {VERSION + 1}"):
         parse_image(bytes(newer))
 
 
@@ -227,18 +228,28 @@ int main(int argc, char **argv) {
            (unsigned)m.size);
     printf("shape=%u %u %u %u %u %u\n", m.window, m.encoder_frames, m.d_model, m.vocab, m.n_mels, m.subsampling);
     printf("exits=%u %u %u %u\n", m.n_exits, m.device_exits, m.default_measure, m.handoff_layer);
+    printf("program=%u %u %u %u %u %u %.17g\n", m.program.kind, m.n_segments, m.program.predictor_kind,
+           m.program.n_layers, m.program.device_layers, m.program.n_modules, m.program.beta);
     printf("thresholds=%.9g %.9g\nfeature_q=%.9g %d\nhandoff_q=%.9g %d\narena=%u\n", m.threshold[0], m.threshold[1],
            m.feature_scale, (int)m.feature_zero_point, m.handoff_scale, (int)m.handoff_zero_point,
            (unsigned)m.arena_bytes);
     printf("norm=%.9g %.9g\n", m.norm_mean[0], m.norm_std[m.n_mels - 1]);
-    for (unsigned i = 0; i < m.device_exits; i++)
-        printf("seg=%s %u %u %u %u %u %.9g %d %.9g %d %.9g %d %u %u\n", m.seg[i].name,
+    for (unsigned i = 0; i < m.n_segments; i++)
+        printf("seg=%s %u %u %u %u %u %.9g %d %.9g %d %.9g %d %u %u %u %u %u %u %d %d\n", m.seg[i].name,
                (unsigned)(m.seg[i].tflite - data), (unsigned)m.seg[i].tflite_len, (unsigned)m.seg[i].arena_bytes,
                m.seg[i].exit_index, m.seg[i].exit_layer, m.seg[i].in_scale, (int)m.seg[i].in_zero_point,
                m.seg[i].hidden_scale, (int)m.seg[i].hidden_zero_point, m.seg[i].logits_scale,
-               (int)m.seg[i].logits_zero_point, m.seg[i].front, m.seg[i].requant);
+               (int)m.seg[i].logits_zero_point, m.seg[i].front, m.seg[i].requant, m.seg[i].role, m.seg[i].layer,
+               m.seg[i].takes_count, m.seg[i].n_gates, m.golden.seg[i].hidden ? m.golden.seg[i].hidden[1] : -999,
+               m.golden.seg[i].logits ? m.golden.seg[i].logits[5] : -999);
+    if (m.program.kind == EEASR_PROGRAM_GATED) {
+        printf("steps=%u %u %u", m.program.front, m.program.predictor, m.program.head);
+        for (unsigned l = 0; l < m.program.device_layers; l++)
+            printf(" %u/%u/%u", m.program.layer[l].predictor, m.program.layer[l].mha, m.program.layer[l].ffn);
+        printf("\n");
+    }
     printf("golden=%u %u %u %d %d\n", (unsigned)m.golden.n_samples, (unsigned)m.golden.n_frames,
-           (unsigned)m.golden.t_valid, m.golden.pcm[100], m.golden.seg[m.device_exits - 1].logits[5]);
+           (unsigned)m.golden.t_valid, m.golden.pcm[100], m.golden.seg[m.n_segments - 1].logits[5]);
 
     uint8_t layers[EEASR_IMG_MAX_SEGMENTS], out[512];
     eeasr_hello h;
@@ -293,6 +304,7 @@ def test_firmware_c_parses_the_image_as_python_does(small_bundle: Path, c_driver
     assert out["feature_hash"] == [im.feature_hash] and out["size"] == [str(len(data))]
     assert out["shape"] == [f"{im.window} {im.encoder_frames} {im.d_model} {im.vocab} {im.n_mels} {im.subsampling}"]
     assert out["exits"] == [f"{len(im.exit_layers)} {im.device_exits} {im.default_measure} {im.handoff_layer}"]
+    assert out["program"] == [f"0 {im.device_exits} 255 0 0 0 0"] and im.program == "early_exit"
     assert [f32(x) for x in out["thresholds"][0].split()] == [f32(t) for t in im.thresholds]
     assert out["arena"] == [str(im.arena)]
     fs, fz = out["feature_q"][0].split()
@@ -303,7 +315,7 @@ def test_firmware_c_parses_the_image_as_python_does(small_bundle: Path, c_driver
         assert f[0] == s.name and [int(x) for x in f[1:6]] == [s.offset, s.size, s.arena, s.exit_index, s.exit_layer]
         assert (f32(f[6]), int(f[7]), f32(f[8]), int(f[9])) == (f32(s.in_q.scale), s.in_q.zero_point,
                                                                   f32(s.hidden_q.scale), s.hidden_q.zero_point)
-        assert [int(f[12]), int(f[13])] == [int(s.front), int(s.requant)]
+        assert [int(x) for x in f[12:18]] == [int(s.front), int(s.requant), 0, 0, 1, 0]   # an early-exit segment
     g = im.golden
     assert out["golden"] == [f"{len(g.pcm)} {len(g.feats_q)} {g.t_valid} {g.pcm[100]} {g.logits_q[-1].flat[5]}"]
 
@@ -492,3 +504,282 @@ def test_make_firmware_build_without_esp_idf_says_how_and_writes_nothing(small_b
     after = sorted((p.name, p.stat().st_mtime_ns) for p in generated.iterdir()) if generated.exists() else None
     assert after == before
     assert not list(MAIN.glob(".generated.*"))
+
+
+# ---- gated (I3D) programs: image, budget, the firmware's program against the Python reference -----------------
+
+GATED_MODELS = r"""
+import sys
+from pathlib import Path
+from eeasr.convert.build import ConvertOptions, convert_checkpoint
+from eeasr.convert.random_model import write_random_model
+
+out = Path(sys.argv[1])
+for kind in ("global", "local"):
+    write_random_model(out / f"ckpt-{kind}", d_model=32, n_heads=2, ff_dim=64, n_layers=3, exits=[1, 2, 3], vocab=32,
+                       window=64, n_calibration=12, seed=1, encoder="i3d",
+                       i3d={"predictor": kind, "inter_ctc": [1, 2], "hidden": 16})
+    # the firmware's program is under test here, not int8 quality (tests/test_i3d_deploy.py holds that): a low
+    # head argmax gate keeps a tiny random model's conversion from failing on it
+    convert_checkpoint(out / f"ckpt-{kind}", out / f"bundle-{kind}",
+                       ConvertOptions(exits=2, calibration_windows=8, min_agreement=0.5), log=lambda _: None)
+"""
+
+
+@pytest.fixture(scope="module")
+def gated_bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny random I3D models (3 layers, an exit after each; a global and a local gate predictor) converted with
+    EXITS=2 into gated bundles by the real converter, in one subprocess (torch and tensorflow stay out of this
+    process): the device runs layers 1-2, the server layer 3."""
+    import importlib.util
+
+    for mod in ("torch", "tensorflow", "tflite_micro", "onnxruntime"):
+        if importlib.util.find_spec(mod) is None:
+            pytest.skip(f"{mod} is not installed (the convert extra builds bundles)")
+    d = tmp_path_factory.mktemp("gated")
+    run = subprocess.run([sys.executable, "-c", GATED_MODELS, str(d)], capture_output=True, text=True,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    return {kind: d / f"bundle-{kind}" for kind in ("global", "local")}
+
+
+def _program_order(prog: dict) -> list[str]:
+    pred = prog["predictor"]
+    order = [prog["front"], *(pred["segments"] if pred["kind"] == "global" else [])]
+    for i, lay in enumerate(prog["layers"]):
+        order += [*([pred["segments"][i]] if pred["kind"] == "local" else []), lay["mha"], lay["ffn"]]
+    return order + [prog["head"]["segment"]]
+
+
+@pytest.mark.parametrize("kind", ["global", "local"])
+def test_gated_image_carries_the_program_and_the_budget_sizes_it(gated_bundles: dict, kind: str) -> None:
+    from eeasr.gated_program import GatedProgram
+
+    b = load_bundle(gated_bundles[kind])
+    m = b.manifest
+    prog = m["device"]["program"]
+    data = build_image(b)
+    im = parse_image(data)
+    assert len(data) == plan_layout(m).total
+    assert (im.program, im.predictor, im.n_layers, im.device_layers) == ("gated", kind, 3, 2)
+    assert (im.module_mask, im.beta, im.device_exits, im.handoff_layer) == (prog["module_mask"], prog["beta"], 2, 2)
+    assert im.exit_layers == [1, 2, 3] and im.handoff_q == b.handoff_qparams()
+    assert [s.name for s in im.segments] == _program_order(prog)           # the table is the program order
+    by_name = {s["name"]: s for s in b.segments}
+    for s in im.segments:
+        e = by_name[s.name]
+        assert hashlib.sha256(im.tflite[s.name]).hexdigest() == e["sha256"] and s.arena == e["arena"]["bytes"]
+        assert (s.role, s.layer, s.requant, s.front) == (e["role"], e["layer"], False, s.role == "front")
+        assert s.takes_count == ("n_frames" in e["inputs"])
+        ins, outs = e["inputs"], e["outputs"]
+        assert s.in_q == QParams.from_dict(ins.get("feats") or ins.get("pooled") or ins["hidden_in"])
+        out = outs.get("hidden") or outs.get("gate")
+        assert s.hidden_q == (QParams.from_dict(out) if out else QParams(0.0, 0))
+        assert s.logits_q == (QParams.from_dict(outs["logits"]) if "logits" in outs else QParams(0.0, 0))
+        assert s.n_gates == (outs["gate"]["shape"][-1] if "gate" in outs else 0)
+        assert (s.exit_index, s.exit_layer) == ((2, 2) if s.role == "head" else (0, 0))
+    assert {s.n_gates for s in im.segments if s.role == "predictor"} == {6 if kind == "global" else 2}
+    assert im.arena == max(s["arena"]["bytes"] for s in b.segments)
+    assert im.feature_q == b.input_qparams("front", "feats")
+    # golden vectors: every segment's TFLM output with every gate open (what SELF_TEST runs each segment on)
+    g = im.golden
+    prog_py = GatedProgram.from_bundle(b)
+    x = np.full((1, im.window, im.n_mels), im.feature_q.zero_point, np.int8)
+    x[0, :len(g.feats_q)] = g.feats_q
+    ref = prog_py.run(x, len(g.feats_q), gates=np.ones((2, 2), bool))
+    assert ref.invoked == [s.name for s in im.segments]
+    for s, step, hid, lg in zip(im.segments, ref.steps, g.hidden_q, g.logits_q, strict=True):
+        out = step.raw.get("hidden", step.raw.get("gate"))
+        assert np.array_equal(hid, out[0] if out is not None else np.zeros(0, np.int8))
+        assert np.array_equal(lg, step.raw["logits"][0, :g.t_valid] if s.role == "head" else np.zeros((0, im.vocab)))
+    assert g.measures[-1][0] > 0 and g.measures[0] == (0.0, 0.0)
+    with pytest.raises(ModelImageError, match="runs all of its segments"):
+        build_image(b, 1)
+
+    # budget: one arena serves every segment in turn (the largest), flash holds them all
+    res = check_budget(m)
+    assert res.fits and res.exits == 2 and res.exit_layers == [2]
+    assert res.arena_bytes == im.arena and res.segments_bytes == sum(s["bytes"] for s in b.segments)
+    assert res.image_bytes == len(data) and res.flash_bytes == Limits.from_partitions().app_estimate_bytes + len(data)
+    window_s = m["window"]["frames"] / 100
+    scen = "esp-nn/" + res.weights_where
+    lat = {s["name"]: s["cost"]["latency_s"][scen] / window_s for s in b.segments}
+    assert res.latency_s_per_s[scen] == pytest.approx(sum(lat.values()))                 # every gate open
+    closed = [n for n in lat if not n.endswith(("_mha", "_ffn"))]
+    assert res.first_exit_s_per_s == pytest.approx(sum(lat[n] for n in closed))         # every gate closed
+    rows = [r for r in budget_table(m).splitlines() if r.startswith("| 2 (2) |")]
+    assert len(rows) == 1 and rows[0].endswith("| yes |")
+    with pytest.raises(ModelImageError, match="EXITS=2, not 1"):
+        check_budget(m, 1)
+
+
+def _with_crcs(img: bytearray) -> bytes:
+    struct.pack_into("<I", img, 16, zlib.crc32(bytes(img[HEADER_BYTES:])))
+    struct.pack_into("<I", img, HEADER_BYTES - 4, zlib.crc32(bytes(img[:HEADER_BYTES - 4])))
+    return bytes(img)
+
+
+@pytest.mark.parametrize("kind", ["global", "local"])
+def test_firmware_c_parses_the_gated_image_as_python_does(gated_bundles: dict, kind: str, c_driver: Path,
+                                                         tmp_path: Path) -> None:
+    from eeasr.protocol import Hello
+
+    b = load_bundle(gated_bundles[kind])
+    data = build_image(b)
+    (tmp_path / "model.bin").write_bytes(data)
+    rc, out = _run_driver(c_driver, tmp_path / "model.bin")
+    assert rc == 0, out
+    im = parse_image(data)
+    f32 = lambda x: float(np.float32(float(x)))  # noqa: E731
+    assert out["program"] == [f"1 {len(im.segments)} {('global', 'local').index(kind)} 3 2 {im.module_mask} "
+                              f"{im.beta:.17g}"]
+    assert out["exits"] == [f"3 2 {im.default_measure} 2"] and out["arena"] == [str(im.arena)]
+    roles = ("segment", "front", "predictor", "mha", "ffn", "head")
+    for line, s, hid, lg in zip(out["seg"], im.segments, im.golden.hidden_q, im.golden.logits_q, strict=True):
+        f = line.split()
+        assert f[0] == s.name and [int(x) for x in f[1:6]] == [s.offset, s.size, s.arena, s.exit_index, s.exit_layer]
+        assert [f32(f[6]), int(f[7]), f32(f[8]), int(f[9]), f32(f[10]), int(f[11])] == [
+            f32(s.in_q.scale), s.in_q.zero_point, f32(s.hidden_q.scale), s.hidden_q.zero_point,
+            f32(s.logits_q.scale), s.logits_q.zero_point]
+        assert [int(x) for x in f[12:18]] == [int(s.front), 0, roles.index(s.role), s.layer, int(s.takes_count),
+                                             s.n_gates]
+        want = [int(hid.flat[1]) if hid.size else -999, int(lg.flat[5]) if lg.size else -999]   # golden outputs
+        assert [int(f[18]), int(f[19])] == want
+    # the program's steps as the firmware indexes them: front, global predictor, per layer predictor/mha/ffn, head
+    names = [s.name for s in im.segments]
+    glob = kind == "global"
+    layers = [f"{names.index(f'l{i}_gate') if not glob else 255}/{names.index(f'l{i}_mha')}/{names.index(f'l{i}_ffn')}"
+              for i in (1, 2)]
+    assert out["steps"] == [f"0 {1 if glob else 255} {len(names) - 1} " + " ".join(layers)]
+    m = b.manifest
+    hello = Hello(b.model_hash, b.bundle_id[:16], m["features"]["hash"], 16000, 64, 4, 32, m["model"]["vocab_size"],
+                  [2], "eeasr-fw test")     # one device exit: the head at layer 2
+    assert out["hello"] == [hello.pack().hex()]
+
+    # a table out of program order, or a module mask that does not fit the program: refused by both parsers
+    mha = names.index("l1_mha")
+    swapped = bytearray(data)
+    a, z = (256 + 64 * mha, 256 + 64 * (mha + 1))
+    swapped[a:z + 64] = data[z:z + 64] + data[a:z]
+    mask = bytearray(data)
+    mask[169] += 2
+    for bad, c_words, py_words in [(swapped, f"segment {mha + 1} (l1_ffn) is not the program's next step",
+                                    "is not the program order"),
+                                   (mask, "gated program of 2 device layers of 3", "module mask of")]:
+        (tmp_path / "bad.bin").write_bytes(_with_crcs(bad))
+        rc, got = _run_driver(c_driver, tmp_path / "bad.bin")
+        assert rc == 1 and c_words in got["error"][0], got
+        with pytest.raises(ModelImageError, match=py_words):
+            parse_image(_with_crcs(bad))
+
+
+GATED_SHIM = r"""
+/* Test harness (not firmware): firmware/main/gated_program.c on an image parsed by model_image.c, the segments
+   run by the caller's callback (the tflite-micro wheel through ctypes), one window. */
+#include <stdlib.h>
+#include <string.h>
+#include "eeasr_core/gates.h"
+#include "gated_program.h"
+
+int gated_window(const uint8_t *image, size_t size, double beta, const int8_t *feats, int32_t n_frames,
+                 eeasr_segment_fn run, int8_t *handoff, int8_t *logits, eeasr_gated_out *out, char *err,
+                 size_t err_len) {
+    static eeasr_model_image m;
+    if (eeasr_model_image_parse(image, size, 1, &m, err, err_len) != 0) return -1;
+    int8_t *pooled = malloc(m.d_model), *gate = malloc(EEASR_MAX_MODULES);
+    const eeasr_gated_buffers b = {handoff, pooled, gate, logits};
+    int rc = eeasr_gated_run(&m, eeasr_gate_threshold(beta < 0 ? m.program.beta : beta), feats, n_frames, run, NULL,
+                             &b, out);
+    free(pooled);
+    free(gate);
+    return rc;
+}
+
+size_t gated_out_size(void) { return sizeof(eeasr_gated_out); }
+"""
+
+
+@pytest.fixture(scope="module")
+def gated_lib(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed (make apt-deps installs build-essential)")
+    d = tmp_path_factory.mktemp("fw-gated")
+    (d / "shim.c").write_text(GATED_SHIM)
+    core = FW / "components" / "eeasr_core"
+    lib = d / "libgated.so"
+    cmd = ["gcc", "-std=c11", "-O1", "-g", "-Wall", "-Wextra", "-Werror", "-Wshadow", "-Wdouble-promotion",
+           "-ffp-contract=off", "-fPIC", "-shared", "-fsanitize=undefined", "-static-libubsan",
+           "-fno-sanitize-recover=all", f"-I{MAIN}", f"-I{core / 'include'}", str(d / "shim.c"),
+           str(MAIN / "gated_program.c"), str(MAIN / "model_image.c"),
+           *(str(core / "src" / f) for f in ("gates.c", "quant.c", "protocol.c")), "-o", str(lib), "-lm"]
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    return ctypes.CDLL(str(lib))
+
+
+class _GatedOut(ctypes.Structure):   # firmware/main/gated_program.h eeasr_gated_out
+    _fields_ = [("t_valid", ctypes.c_uint32), ("n_modules", ctypes.c_uint8), ("modules", ctypes.c_uint8 * 32),
+                ("modules_run", ctypes.c_uint8), ("n_invoked", ctypes.c_uint8), ("invoked", ctypes.c_uint8 * 40)]
+
+
+_P8 = ctypes.POINTER(ctypes.c_int8)
+_SEGMENT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, _P8, ctypes.c_int32, _P8, _P8)
+
+
+@pytest.mark.parametrize("kind", ["global", "local"])
+def test_firmware_gated_program_runs_as_the_python_reference(gated_bundles: dict, gated_lib: ctypes.CDLL,
+                                                             kind: str) -> None:
+    """firmware/main/gated_program.c (pooling, decisions, skipping, requantizing the stream, the head, the module
+    mask) on the image's parameters, its segments run by the tflite-micro wheel as segment_runner.cc runs them
+    on the device (tensors by name, n_frames where a segment takes it): the same segments run, the same module
+    mask, the same handoff and head logits, bit for bit, as eeasr.gated_program at every beta tried."""
+    from eeasr.device_program import encoder_frames
+    from eeasr.gated_program import GatedProgram
+
+    assert gated_lib.gated_out_size() == ctypes.sizeof(_GatedOut)
+    b = load_bundle(gated_bundles[kind])
+    data = build_image(b)
+    im = parse_image(data)
+    prog = GatedProgram.from_bundle(b)
+    t_enc, d, v = im.encoder_frames, im.d_model, im.vocab
+
+    def run_segment(_ctx: int, i: int, x: object, n: int, logits: object, out: object) -> int:
+        s = im.segments[i]
+        seg = prog.segments[s.name]
+        name = {"front": "feats", "predictor": "pooled"}.get(s.role, "hidden_in")
+        shape = seg.inputs[name].shape
+        inputs = {name: np.ctypeslib.as_array(x, (int(np.prod(shape)),)).reshape(shape).copy()}
+        if s.takes_count:
+            inputs["n_frames"] = np.array([n], np.int32)
+        for key, value in seg.run(inputs).items():
+            dst = logits if key == "logits" else out
+            np.ctypeslib.as_array(dst, (value.size,))[:] = value.ravel()
+        return 0
+
+    callback = _SEGMENT_FN(run_segment)
+    z = np.load(gated_bundles[kind].parent / f"ckpt-{kind}" / "calibration.npz")
+    windows = [z["feats"][i, :z["n_frames"][i]] for i in range(6)]
+    windows += [f[:n] for f, n in zip(windows, (4, 9, 17, 30))]   # short last windows, down to one encoder frame
+    ran, total = 0, 0
+    for w, feats in enumerate(windows):
+        x, n = prog.quantize_features(feats.astype(np.float32))
+        near = prog.run(x, n, beta=0.0).probs.ravel()[:2].tolist() if w < 3 else []   # betas at gate probabilities
+        for beta in (None, 0.0, 1.0, 0.3, *near):
+            ref = prog.run(x, n, beta=beta)
+            handoff, logits, res = np.zeros((t_enc, d), np.int8), np.zeros((t_enc, v), np.int8), _GatedOut()
+            err = ctypes.create_string_buffer(200)
+            rc = gated_lib.gated_window(data, ctypes.c_size_t(len(data)),
+                                        ctypes.c_double(-1.0 if beta is None else beta),
+                                        np.ascontiguousarray(x).ctypes.data_as(_P8), ctypes.c_int32(n), callback,
+                                        handoff.ctypes.data_as(_P8), logits.ctypes.data_as(_P8), ctypes.byref(res),
+                                        err, ctypes.c_size_t(len(err)))
+            assert rc == 0, err.value
+            t = encoder_frames(n)
+            mask = np.unpackbits(np.frombuffer(bytes(res.modules), np.uint8), count=res.n_modules,
+                                 bitorder="little").astype(bool).tolist()
+            assert [im.segments[i].name for i in res.invoked[:res.n_invoked]] == ref.invoked, (w, beta)
+            assert mask == ref.module_mask and res.modules_run == ref.modules_run and res.t_valid == t
+            assert np.array_equal(handoff[:t], ref.hidden_q) and np.array_equal(logits[:t], ref.exits[0].logits_q)
+            if beta is None:
+                ran, total = ran + ref.modules_run, total + 4
+    assert 0 < ran < total   # at the image's beta some modules were skipped and some ran

@@ -301,3 +301,88 @@ def test_exit_measures_of_float_logp() -> None:
     assert ccore.greedy_ctc(logp, t_valid=33) == greedy_ctc(logp[:33])
     with pytest.raises(ValueError):
         ccore.greedy_ctc(logp, t_valid=71)
+
+
+# --- gated (I3D) programs: pooling, gate decisions, the stream between segments --------------------------------
+
+def _stream_qparams(rng: np.random.Generator) -> QParams:
+    return QParams(float(np.float32(10 ** rng.uniform(-2.5, -0.3))), int(rng.integers(-128, 128)))
+
+
+def test_pool_valid_equals_the_gated_reference_for_every_t_valid() -> None:
+    from eeasr.bundle import quantize
+    from eeasr.gated_program import Stream, pool_valid
+
+    rng = np.random.default_rng(31)
+    for rows, d in ((16, 32), (37, 144), (150, 144)):
+        q = rng.integers(-128, 128, (rows, d)).astype(np.int8)
+        ts = range(1, rows + 1) if rows < 40 else (1, 2, 3, 7, 64, 149, 150)
+        for t in ts:
+            src, dst = _stream_qparams(rng), QParams(float(np.float32(10 ** rng.uniform(-3, -1))),
+                                                     int(rng.integers(-20, 20)))
+            want = pool_valid(Stream(q[None], src), t)[0]
+            got = ccore.pool_valid(q, t, src.scale, src.zero_point)
+            assert got.tobytes() == want.tobytes(), (rows, d, t)   # bit for bit, padding rows never read
+            assert np.array_equal(ccore.pool_valid_int8(q, t, src.scale, src.zero_point, dst.scale, dst.zero_point),
+                                  quantize(want, dst))
+    loud = np.full((150, 8), 127, np.int8)   # the largest sum: exact in int32, saturating at the predictor
+    assert np.array_equal(ccore.pool_valid_int8(loud, 150, 0.1, -1, 0.01, 0), np.full(8, 127, np.int8))
+    for bad in (0, 151):
+        with pytest.raises(ValueError, match="t_valid"):
+            ccore.pool_valid(loud, bad, 0.1, -1)
+
+
+def _beta_at(margin: float) -> float:
+    """A beta whose threshold log(beta / (1 - beta)) is exactly `margin`, searched ulp by ulp around
+    sigmoid(margin); the nearest one when none is."""
+    import math
+
+    from eeasr.gated_program import gate_threshold
+
+    beta = 1.0 / (1.0 + math.exp(-margin))
+    candidates = [beta]
+    for direction in (1.0, -1.0):
+        b = beta
+        for _ in range(200):
+            b = math.nextafter(b, direction)
+            candidates.append(b)
+    return min(candidates, key=lambda b: (gate_threshold(b) != margin, abs(gate_threshold(b) - margin)))
+
+
+def test_gate_decisions_equal_the_gated_reference_at_and_around_the_threshold() -> None:
+    from eeasr.bundle import dequantize
+    from eeasr.gated_program import decide, gate_threshold
+
+    rng = np.random.default_rng(37)
+    margins = np.arange(-128, 128, dtype=np.int8)
+    exact = 0
+    for _ in range(12):
+        qp = _stream_qparams(rng)
+        real = dequantize(margins, qp).astype(np.float64)
+        at = [_beta_at(float(real[i])) for i in rng.choice(256, 8, replace=False)]
+        exact += sum(gate_threshold(b) in real for b in at)
+        for beta in (0.0, 1.0, 0.5, *rng.uniform(0, 1, 4).tolist(), *at):
+            assert ccore.gate_threshold(beta) == gate_threshold(beta)
+            got = ccore.gate_decide(margins, qp.scale, qp.zero_point, beta)
+            assert np.array_equal(got, decide(real, beta)), (qp, beta)
+    assert exact >= 40   # most of those betas put a margin exactly on the threshold: the tie stays closed
+    qp = QParams(0.5, 0)
+    assert ccore.gate_decide(margins, qp.scale, qp.zero_point, 0.0).all()           # beta 0: every module runs
+    assert not ccore.gate_decide(margins, qp.scale, qp.zero_point, 1.0).any()       # beta 1: none
+    assert ccore.gate_decide(np.int8([0, 1]), qp.scale, qp.zero_point, 0.5).tolist() == [False, True]
+    with pytest.raises(ValueError, match="beta"):
+        ccore.gate_decide(margins, qp.scale, qp.zero_point, 1.5)
+
+
+def test_the_stream_moves_between_segments_as_the_gated_reference() -> None:
+    """A gated program requantizes the residual stream from the quantization of the segment that wrote it last
+    to the next segment's input (eeasr.gated_program.Stream.to): the C core's one requantize function."""
+    from eeasr.gated_program import Stream
+
+    rng = np.random.default_rng(41)
+    q = rng.integers(-128, 128, (37, 144)).astype(np.int8)
+    for _ in range(50):
+        a, b = _stream_qparams(rng), _stream_qparams(rng)
+        for src, dst in ((a, b), (a, a)):
+            got = ccore.requantize_int8(q, src.scale, src.zero_point, dst.scale, dst.zero_point)
+            assert np.array_equal(got, Stream(q, src).to(dst))

@@ -24,13 +24,15 @@ int eeasr_hello_from_image(const eeasr_model_image *m, const char *firmware, uin
     if (eeasr_hex8(m->model_hash, out->model_hash) || eeasr_hex8(m->bundle_id, out->bundle_id) ||
         eeasr_hex8(m->feature_hash, out->feature_hash))
         return -1;
-    for (unsigned i = 0; i < m->device_exits; i++) layers[i] = m->seg[i].exit_layer;
+    unsigned n = 0; /* the device's exits: every early-exit segment's, a gated program's head */
+    for (unsigned i = 0; i < m->n_segments; i++)
+        if (m->seg[i].exit_index != 0) layers[n++] = m->seg[i].exit_layer;
     out->sample_rate = m->sample_rate;
     out->window = m->window;
     out->subsampling = m->subsampling;
     out->d_model = m->d_model;
     out->vocab = m->vocab;
-    out->n_exits = m->device_exits; /* the device's exits, as eeasr.protocol.Hello.exit_layers */
+    out->n_exits = (uint8_t)n; /* as eeasr.protocol.Hello.exit_layers */
     out->exit_layers = layers;
     out->firmware = firmware;
     out->firmware_len = strlen(firmware);

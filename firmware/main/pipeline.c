@@ -6,12 +6,14 @@
 #include "eeasr_core/endpoint.h"
 #include "eeasr_core/exits.h"
 #include "eeasr_core/features.h"
+#include "eeasr_core/gates.h"
 #include "eeasr_core/protocol.h"
 #include "eeasr_core/quant.h"
 #include "esp_heap_caps.h"
 #include "esp_log.h"
 #include "freertos/queue.h"
 #include "freertos/task.h"
+#include "gated_program.h"
 #include "hello.h"
 #include "link.h"
 #include "sdkconfig.h"
@@ -22,6 +24,7 @@
 #define AUDIO_SLOTS 8   /* the host keeps at most 8 AUDIO frames unacknowledged (docs/protocol.md) */
 #define CUT_SEARCH 150  /* eeasr/windows.py DEFAULT_SEARCH: look for a pause in the last 1.5 s of a window */
 #define MIN_FRAMES 4    /* fewer feature frames give no encoder frame: an empty RESULT */
+#define ERR_LEN 160
 #define PREROLL ((EEASR_EP_PREROLL_HOPS + EEASR_EP_START_HOPS) * EEASR_EP_HOP) /* 23 hops before a start */
 
 enum { EV_AUDIO, EV_COMMAND };
@@ -46,6 +49,7 @@ static eeasr_logmel_tables s_tables;
 static eeasr_work s_w;
 static eeasr_counters s_count;
 static uint8_t *s_tok_wire; /* tokens as the RESULT carries them: u16 little-endian */
+static double s_gate_threshold; /* a gated program's: log(beta / (1 - beta)) of the image's beta */
 
 /* The audio stream (microphone, or the host's): endpointer, hop assembly, the last 23 hops for pre-roll. */
 static int s_source = SRC_MIC;
@@ -87,10 +91,12 @@ static void send_result(uint8_t flags, uint8_t exit_index, uint8_t layer, uint8_
     if (why != EEASR_OK) eeasr_link_error(EEASR_ERROR_INTERNAL, "result not sent: %s", eeasr_reason_str(why));
 }
 
-static void send_handoff(uint8_t flags, uint32_t t_valid) {
+/* The hidden state in s_w.hidden, and a gated program's module mask (n_modules 0: none, early-exit). */
+static void send_handoff(uint8_t flags, uint32_t t_valid, uint8_t n_modules, const uint8_t *modules) {
     eeasr_handoff h = {.utt_id = s_utt_id, .window = s_window, .flags = flags, .layer = M->handoff_layer,
                        .scale = M->handoff_scale, .zero_point = (int8_t)M->handoff_zero_point,
-                       .t_valid = (uint16_t)t_valid, .d = M->d_model, .hidden = s_w.hidden};
+                       .t_valid = (uint16_t)t_valid, .d = M->d_model, .hidden = s_w.hidden,
+                       .n_modules = n_modules, .modules = modules};
     memcpy(h.model_hash, s_hash8, sizeof s_hash8);
     size_t cap, n = 0;
     uint8_t *p = eeasr_link_payload_acquire(&cap);
@@ -102,13 +108,43 @@ static void send_handoff(uint8_t flags, uint32_t t_valid) {
                          eeasr_reason_str(why));
 }
 
-/* One window of n valid frames: segment by segment until an exit is sure enough; after the device's last
-   exit, its best answer (HANDED_OFF) and the handoff, unless no layer is left for the server. */
+/* The exit policy at segment s's exit head (its int8 logits in s_w.logits): RESULT when it is sure enough, or
+   when it is the device's last exit and no layer is left for the server; else, at the device's last exit, its
+   best answer (HANDED_OFF) and the handoff with the module mask. Returns 1 when the window is answered. */
+static int exit_policy(const eeasr_img_segment *s, uint32_t t_valid, int last, uint8_t fin, uint8_t n_modules,
+                       const uint8_t *modules) {
+    const eeasr_model_image *m = M;
+    const uint8_t measure = m->default_measure == EEASR_MEASURE_NONE ? 0 : m->default_measure;
+    const float threshold = m->default_measure == EEASR_MEASURE_NONE ? NAN : m->threshold[m->default_measure];
+    eeasr_exit_measures ms;
+    eeasr_exit_measures_int8(s_w.logits, t_valid, m->vocab, s->logits_scale, s->logits_zero_point, m->blank,
+                             s_w.scratch, &ms);
+    const float value = measure == 1 ? ms.nonblank_entropy : ms.entropy;
+    const int server_layers = m->device_exits < m->n_exits;
+    const int exit_here = value <= threshold || (last && !server_layers); /* false for a NaN threshold */
+    if (!exit_here && !last) return 0;
+    size_t nt = eeasr_greedy_ctc_int8(s_w.logits, t_valid, m->vocab, m->blank, s_w.tokens);
+    if (exit_here) {
+        send_result(fin, s->exit_index, s->exit_layer, measure, value, nt);
+        s_count.device_results++;
+    } else {
+        send_result(fin | EEASR_RESULT_HANDED_OFF, s->exit_index, s->exit_layer, measure, value, nt);
+        send_handoff(fin, t_valid, n_modules, modules);
+        s_count.handoffs++;
+    }
+    return 1;
+}
+
+static int run_segment(void *err, unsigned i, const int8_t *input, int32_t n_frames, int8_t *logits, int8_t *out) {
+    return eeasr_runner_run((int)i, input, n_frames, logits, out, err, ERR_LEN);
+}
+
+/* One window of n valid frames: early-exit, segment by segment until an exit is sure enough; gated, the
+   program (gated_program.h) then the exit policy at its head. */
 static void run_window(size_t n, int final) {
     const eeasr_model_image *m = M;
     const uint8_t fin = final ? EEASR_RESULT_FINAL : 0;
     const uint8_t measure = m->default_measure == EEASR_MEASURE_NONE ? 0 : m->default_measure;
-    const float threshold = m->default_measure == EEASR_MEASURE_NONE ? NAN : m->threshold[m->default_measure];
     s_count.windows++;
     if (n < MIN_FRAMES) { /* too short to run; no frame at all (NO_SPEECH) only as an utterance's only window */
         send_result(fin | (n == 0 ? EEASR_RESULT_NO_SPEECH : 0), 0, 0, measure, 0.0f, 0);
@@ -119,33 +155,23 @@ static void run_window(size_t n, int final) {
     memcpy(s_w.input, s_feats, n * row);
     memset(s_w.input + n * row, (int8_t)m->feature_zero_point, (m->window - n) * row); /* quantized zeros */
     const uint32_t t_valid = enc_frames((uint32_t)n, m->subsampling);
-    const int server_layers = m->device_exits < m->n_exits;
-    for (unsigned i = 0; i < m->device_exits; i++) {
-        char err[160];
-        if (eeasr_runner_run((int)i, i == 0 ? s_w.input : s_w.hidden, (int32_t)n, s_w.logits, s_w.hidden, err,
-                             sizeof err) != 0) {
-            eeasr_link_error(EEASR_ERROR_INTERNAL, "utterance %u window %u: %s", (unsigned)s_utt_id, s_window, err);
-            send_result(fin, 0, 0, measure, 0.0f, 0); /* the window stays accounted for */
-            break;
+    char err[ERR_LEN];
+    int failed = 0;
+    if (m->program.kind == EEASR_PROGRAM_GATED) {
+        static eeasr_gated_out g;
+        const eeasr_gated_buffers b = {s_w.hidden, s_w.pooled, s_w.gate, s_w.logits};
+        failed = eeasr_gated_run(m, s_gate_threshold, s_w.input, (int32_t)n, run_segment, err, &b, &g) != 0;
+        if (!failed) exit_policy(&m->seg[m->program.head], t_valid, 1, fin, g.n_modules, g.modules);
+    } else {
+        for (unsigned i = 0; !failed && i < m->n_segments; i++) {
+            failed = eeasr_runner_run((int)i, i == 0 ? s_w.input : s_w.hidden, (int32_t)n, s_w.logits, s_w.hidden,
+                                      err, sizeof err) != 0;
+            if (!failed && exit_policy(&m->seg[i], t_valid, i + 1 == m->n_segments, fin, 0, NULL)) break;
         }
-        const eeasr_img_segment *s = &m->seg[i];
-        eeasr_exit_measures ms;
-        eeasr_exit_measures_int8(s_w.logits, t_valid, m->vocab, s->logits_scale, s->logits_zero_point, m->blank,
-                                 s_w.scratch, &ms);
-        const float value = measure == 1 ? ms.nonblank_entropy : ms.entropy;
-        const int last = i + 1 == m->device_exits;
-        const int exit_here = value <= threshold || (last && !server_layers); /* false for a NaN threshold */
-        if (!exit_here && !last) continue;
-        size_t nt = eeasr_greedy_ctc_int8(s_w.logits, t_valid, m->vocab, m->blank, s_w.tokens);
-        if (exit_here) {
-            send_result(fin, s->exit_index, s->exit_layer, measure, value, nt);
-            s_count.device_results++;
-        } else {
-            send_result(fin | EEASR_RESULT_HANDED_OFF, s->exit_index, s->exit_layer, measure, value, nt);
-            send_handoff(fin, t_valid);
-            s_count.handoffs++;
-        }
-        break;
+    }
+    if (failed) {
+        eeasr_link_error(EEASR_ERROR_INTERNAL, "utterance %u window %u: %s", (unsigned)s_utt_id, s_window, err);
+        send_result(fin, 0, 0, measure, 0.0f, 0); /* the window stays accounted for */
     }
     s_window++;
 }
@@ -376,13 +402,15 @@ int eeasr_pipeline_start(const eeasr_model_image *m, RingbufHandle_t mic, const 
     s_w.input = alloc_big(w * m->n_mels);
     s_w.logits = alloc_big(enc * m->vocab);
     s_w.hidden = alloc_big(enc * m->d_model);
+    s_w.pooled = alloc_big(m->d_model);
     s_w.scratch = alloc_big(m->vocab * sizeof(float));
     s_w.tokens = alloc_big(enc * sizeof(int32_t));
     s_tok_wire = alloc_big(enc * sizeof(uint16_t));
     s_events = xQueueCreate(AUDIO_SLOTS + 8, sizeof(event_t));
     s_free = xQueueCreate(AUDIO_SLOTS, sizeof(int8_t));
-    int ok = s_feats && s_energy && s_w.input && s_w.logits && s_w.hidden && s_w.scratch && s_w.tokens && s_tok_wire &&
-             s_events && s_free;
+    s_gate_threshold = eeasr_gate_threshold(m->program.beta);
+    int ok = s_feats && s_energy && s_w.input && s_w.logits && s_w.hidden && s_w.pooled && s_w.scratch && s_w.tokens &&
+             s_tok_wire && s_events && s_free;
     for (int8_t i = 0; ok && i < AUDIO_SLOTS; i++) {
         s_slot_pcm[i] = alloc_big(EEASR_MAX_AUDIO_SAMPLES * sizeof(int16_t));
         ok = s_slot_pcm[i] != NULL && xQueueSend(s_free, &i, 0) == pdTRUE;

@@ -1,7 +1,9 @@
 /* The device program on live audio (docs/protocol.md "Utterances and windows"): audio from the microphone or
    from the host's AUDIO frames, endpointing, the streaming log-mel front end and int8 features, windows of W
-   frames cut at the quietest frame, the segments with the exit policy (the image's thresholds), RESULT and
-   HANDOFF frames; commands SELF_TEST, PROFILE and RESET. One task (CONFIG_EEASR_PIPELINE_CORE) owns all of
+   frames cut at the quietest frame, the image's program (early-exit segments with the exit policy, or a gated
+   program whose modules run when their gate opens, then the policy at its head; the image's thresholds and
+   beta), RESULT and HANDOFF frames (a gated program's with its module mask); commands SELF_TEST, PROFILE and
+   RESET. One task (CONFIG_EEASR_PIPELINE_CORE) owns all of
    it, so the model never runs twice at once. */
 #ifndef EEASR_MAIN_PIPELINE_H
 #define EEASR_MAIN_PIPELINE_H

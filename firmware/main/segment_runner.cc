@@ -20,16 +20,17 @@ namespace {
 const char *TAG = "eeasr.runner";
 constexpr size_t kArenaAlign = 16;
 
-// Tensor names of every device segment (eeasr/device_program.py): looked up by name, never by position.
-constexpr const char *kFeats = "feats", *kHiddenIn = "hidden_in", *kCount = "n_frames";
-constexpr const char *kHidden = "hidden", *kLogits = "logits";
+// Tensor names of every device segment (eeasr/device_program.py, eeasr/gated_program.py): looked up by name,
+// never by position.
+constexpr const char *kFeats = "feats", *kHiddenIn = "hidden_in", *kPooled = "pooled", *kCount = "n_frames";
+constexpr const char *kHidden = "hidden", *kGate = "gate", *kLogits = "logits";
 
 struct Segment {
     const eeasr_img_segment *img;
     const uint8_t *model_data;  // in PSRAM when copied, else the mmapped partition
     const tflite::Model *model;
-    int in_data, in_count, out_hidden, out_logits;  // tensor positions, resolved from the names once
-    int8_t requant[256];                            // index (uint8_t)q, when img->requant
+    int in_data, in_count, out_main, out_logits;  // tensor positions, resolved from the names once; -1: none
+    int8_t *requant;                              // index (uint8_t)q, when img->requant (early-exit boundaries)
     eeasr_segment_profile prof;
 };
 
@@ -87,6 +88,27 @@ int use_segment(int i, char *err, size_t len) {
 
 bool int8_tensor(const TfLiteTensor *t, size_t bytes) { return t->type == kTfLiteInt8 && t->bytes == bytes; }
 
+// The tensors a segment of this role has: input and output names, and the int8 bytes of each.
+struct Ends {
+    const char *in, *out;  // out: nullptr for a gated head (logits only)
+    size_t in_bytes, out_bytes;
+    bool logits;
+};
+
+Ends ends_of(const eeasr_model_image *m, const eeasr_img_segment *g) {
+    const size_t enc = m->encoder_frames, stream = enc * m->d_model;
+    switch (g->role) {
+    case EEASR_ROLE_FRONT: return {kFeats, kHidden, static_cast<size_t>(m->window) * m->n_mels, stream, false};
+    case EEASR_ROLE_PREDICTOR: return {kPooled, kGate, m->d_model, g->n_gates, false};
+    case EEASR_ROLE_HEAD: return {kHiddenIn, nullptr, stream, 0, true};
+    case EEASR_ROLE_MHA:
+    case EEASR_ROLE_FFN: return {kHiddenIn, kHidden, stream, stream, false};
+    default:  // an early-exit segment
+        return {g->front ? kFeats : kHiddenIn, kHidden, g->front ? static_cast<size_t>(m->window) * m->n_mels : stream,
+                stream, true};
+    }
+}
+
 }  // namespace
 
 extern "C" int eeasr_runner_init(const eeasr_model_image *m, char *err, size_t err_len) {
@@ -120,7 +142,7 @@ extern "C" int eeasr_runner_init(const eeasr_model_image *m, char *err, size_t e
     // Weights from octal PSRAM stream faster than from quad flash (convert/cost.py's two scenarios). The
     // segments go back to back, each 16-byte aligned as TFLM reads flatbuffers in place.
     size_t total = 0;
-    for (int i = 0; i < m->device_exits; i++) total += (m->seg[i].tflite_len + kArenaAlign - 1) / kArenaAlign * kArenaAlign;
+    for (int i = 0; i < m->n_segments; i++) total += (m->seg[i].tflite_len + kArenaAlign - 1) / kArenaAlign * kArenaAlign;
     uint8_t *copy = static_cast<uint8_t *>(heap_caps_aligned_alloc(kArenaAlign, total,
                                                                    MALLOC_CAP_SPIRAM | MALLOC_CAP_8BIT));
     if (copy == nullptr) ESP_LOGW(TAG, "%u B of segments do not fit PSRAM: running them from flash", (unsigned)total);
@@ -129,7 +151,7 @@ extern "C" int eeasr_runner_init(const eeasr_model_image *m, char *err, size_t e
     uint8_t *copy = nullptr;
 #endif
 
-    for (int i = 0; i < m->device_exits; i++) {
+    for (int i = 0; i < m->n_segments; i++) {
         Segment &s = g_seg[i];
         s = Segment{};
         s.img = &m->seg[i];
@@ -142,42 +164,46 @@ extern "C" int eeasr_runner_init(const eeasr_model_image *m, char *err, size_t e
         s.model = tflite::GetModel(s.model_data);
         if (s.model->version() != TFLITE_SCHEMA_VERSION)
             return fail(err, err_len, "segment %s has TFLite schema version %s", s.img->name, "other than this TFLM's");
-        const char *in = s.img->front ? kFeats : kHiddenIn;
-        s.in_data = find_io(s.model, in, true);
+        const Ends e = ends_of(m, s.img);
+        s.in_data = find_io(s.model, e.in, true);
         s.in_count = find_io(s.model, kCount, true);
-        s.out_hidden = find_io(s.model, kHidden, false);
-        s.out_logits = find_io(s.model, kLogits, false);
-        if (s.in_data < 0 || s.in_count < 0 || s.out_hidden < 0 || s.out_logits < 0)
-            return fail(err, err_len, "segment %s lacks one of the tensors %s, n_frames, hidden, logits", s.img->name, in);
-        if (s.img->requant)
+        s.out_main = e.out != nullptr ? find_io(s.model, e.out, false) : -1;
+        s.out_logits = e.logits ? find_io(s.model, kLogits, false) : -1;
+        if (s.in_data < 0 || (s.in_count >= 0) != (s.img->takes_count != 0) || (e.out != nullptr && s.out_main < 0) ||
+            (e.logits && s.out_logits < 0))
+            return fail(err, err_len, "segment %s does not have the tensors its role needs (%s; n_frames, hidden or "
+                        "gate, logits as the image says)", s.img->name, e.in);
+        if (s.img->requant) {
+            s.requant = static_cast<int8_t *>(heap_caps_malloc(256, MALLOC_CAP_INTERNAL | MALLOC_CAP_8BIT));
+            if (s.requant == nullptr)
+                return fail(err, err_len, "no memory for segment %s's requantization table", s.img->name);
             eeasr_requantize_table(m->seg[i - 1].hidden_scale, m->seg[i - 1].hidden_zero_point, s.img->in_scale,
                                    s.img->in_zero_point, s.requant);
+        }
         // Allocate once now: a segment that cannot run is refused at boot, not in the middle of a window.
         if (use_segment(i, err, err_len) != 0) return -1;
-        const size_t enc = m->encoder_frames;
-        const size_t in_bytes = s.img->front ? static_cast<size_t>(m->window) * m->n_mels : enc * m->d_model;
-        if (!int8_tensor(g_interp->input(s.in_data), in_bytes) ||
-            !int8_tensor(g_interp->output(s.out_hidden), enc * m->d_model) ||
-            !int8_tensor(g_interp->output(s.out_logits), enc * m->vocab) ||
-            g_interp->input(s.in_count)->type != kTfLiteInt32)
+        if (!int8_tensor(g_interp->input(s.in_data), e.in_bytes) ||
+            (s.out_main >= 0 && !int8_tensor(g_interp->output(s.out_main), e.out_bytes)) ||
+            (s.out_logits >= 0 && !int8_tensor(g_interp->output(s.out_logits), m->encoder_frames * m->vocab)) ||
+            (s.in_count >= 0 && g_interp->input(s.in_count)->type != kTfLiteInt32))
             return fail(err, err_len, "segment %s tensors do not have the image's shapes (%s)", s.img->name,
-                        "int8 W x n_mels / W/4 x d / W/4 x vocab, int32 count");
+                        "int8 W x n_mels, W/4 x d, d or n_gates, W/4 x vocab; int32 count");
         ESP_LOGI(TAG, "%s: %u B, arena used %u of %u B", s.img->name, static_cast<unsigned>(s.img->tflite_len),
                  static_cast<unsigned>(s.prof.arena_used), static_cast<unsigned>(g_arena_bytes));
     }
     return 0;
 }
 
-extern "C" int eeasr_runner_run(int i, const int8_t *input, int32_t n_frames, int8_t *logits, int8_t *hidden,
+extern "C" int eeasr_runner_run(int i, const int8_t *input, int32_t n_frames, int8_t *logits, int8_t *out,
                                 char *err, size_t err_len) {
     Segment &s = g_seg[i];
     if (use_segment(i, err, err_len) != 0) return -1;
     TfLiteTensor *in = g_interp->input(s.in_data);
-    if (s.img->requant)
+    if (s.requant != nullptr)
         eeasr_requantize_apply(s.requant, input, in->bytes, in->data.int8);
     else
         std::memcpy(in->data.int8, input, in->bytes);
-    g_interp->input(s.in_count)->data.i32[0] = n_frames;
+    if (s.in_count >= 0) g_interp->input(s.in_count)->data.i32[0] = n_frames;
 
     const int64_t t0 = esp_timer_get_time();
     const esp_cpu_cycle_count_t c0 = esp_cpu_get_cycle_count();
@@ -193,9 +219,14 @@ extern "C" int eeasr_runner_run(int i, const int8_t *input, int32_t n_frames, in
     p.total_us += us;
     if (cycles > p.max_cycles) p.max_cycles = cycles;
     if (us > p.max_us) p.max_us = us;
-    const TfLiteTensor *lo = g_interp->output(s.out_logits), *ho = g_interp->output(s.out_hidden);
-    std::memcpy(logits, lo->data.int8, lo->bytes);
-    std::memcpy(hidden, ho->data.int8, ho->bytes);
+    if (s.out_logits >= 0) {
+        const TfLiteTensor *lo = g_interp->output(s.out_logits);
+        std::memcpy(logits, lo->data.int8, lo->bytes);
+    }
+    if (s.out_main >= 0) {
+        const TfLiteTensor *o = g_interp->output(s.out_main);
+        std::memcpy(out, o->data.int8, o->bytes);
+    }
     return 0;
 }
 

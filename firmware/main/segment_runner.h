@@ -1,7 +1,8 @@
 /* The device segments on TFLM (esp-tflite-micro with ESP-NN): one tensor arena sized from the model image
    (the manifest's arena, the largest segment's), in internal SRAM when it fits there, else PSRAM; a
-   MicroInterpreter built on it for each segment step, tensors found by name (feats / hidden_in / n_frames,
-   hidden / logits), the boundary requantization of docs/features.md, and cycle counts per segment. */
+   MicroInterpreter built on it for each segment step, tensors found by name (feats / hidden_in / pooled /
+   n_frames, hidden / gate / logits, as the segment's role has them), an early-exit boundary's requantization
+   of docs/features.md, and cycle counts per segment. */
 #ifndef EEASR_MAIN_SEGMENT_RUNNER_H
 #define EEASR_MAIN_SEGMENT_RUNNER_H
 
@@ -26,11 +27,14 @@ typedef struct {
    checks that every segment allocates on this arena with the expected tensors. 0, or -1 with err. */
 int eeasr_runner_init(const eeasr_model_image *m, char *err, size_t err_len);
 
-/* Run segment i (0-based) on a window with n_frames valid feature frames. input: the int8 features
-   [W x n_mels] (padded rows at the feature zero point) for i = 0, else the previous segment's hidden state
-   [W/4 x d] as it came out (requantized here when the boundary's ends differ). Writes the raw int8 logits
-   [W/4 x vocab] and hidden state [W/4 x d]; hidden may equal input. 0, or -1 with err. */
-int eeasr_runner_run(int i, const int8_t *input, int32_t n_frames, int8_t *logits, int8_t *hidden, char *err,
+/* Run table segment i (0-based) on a window with n_frames valid feature frames (given to the segments that
+   take them). input: the int8 features [W x n_mels] (padded rows at the feature zero point) for a front
+   segment; an early-exit segment's previous hidden state [W/4 x d] as it came out (requantized here when the
+   boundary's ends differ); a gated program's stream [W/4 x d] or pooled vector [d] already in the segment's
+   input quantization (gated_program.c requantizes). Writes the raw int8 logits [W/4 x vocab] of an exit head
+   and the output: hidden state [W/4 x d], or a predictor's gate margins [n_gates]; a pointer is ignored (may
+   be NULL) when the segment lacks that output; out may equal input. 0, or -1 with err. */
+int eeasr_runner_run(int i, const int8_t *input, int32_t n_frames, int8_t *logits, int8_t *out, char *err,
                      size_t err_len);
 
 const eeasr_segment_profile *eeasr_runner_profile(int i);

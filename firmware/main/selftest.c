@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "eeasr_core/exits.h"
+#include "eeasr_core/gates.h"
 #include "eeasr_core/quant.h"
 #include "esp_heap_caps.h"
 #include "esp_timer.h"
@@ -60,7 +61,7 @@ size_t eeasr_selftest_json(const eeasr_model_image *m, eeasr_work *w, const char
     put(&j, "{\"report\":\"self_test\",\"simulated\":false,\"firmware\":\"%s\",\"model_hash\":\"%s\",\"bundle_id\":\"%s\","
             "\"golden_vectors\":\"model partition: a %u-sample clip, its reference int8 features, and the x86 TFLM "
             "outputs of %u segment(s)\",\"checks\":[",
-        firmware, m->model_hash, m->bundle_id, (unsigned)g->n_samples, m->device_exits);
+        firmware, m->model_hash, m->bundle_id, (unsigned)g->n_samples, m->n_segments);
 
     /* 1. The front end: log-mel -> normalize -> int8, frame by frame, against the reference features. */
     static eeasr_logmel_stream stream; /* its own: an open utterance's stream stays untouched */
@@ -88,45 +89,69 @@ size_t eeasr_selftest_json(const eeasr_model_image *m, eeasr_work *w, const char
              (unsigned)g->n_frames, (unsigned)differ, g->feature_tol);
     check(&j, &first, "features (log-mel, int8)", "", ok, worst, "int8 LSB", detail);
 
-    /* 2. Each segment on its golden input (segment 1: the reference features; later ones: the previous
-          segment's golden hidden state), so an error is pinned to the segment that made it. */
-    for (unsigned i = 0; i < m->device_exits; i++) {
-        const char *name = m->seg[i].name;
+    /* 2. Each segment on its golden input (segment 1: the reference features; an early-exit segment: the
+          previous one's golden hidden state; in a gated program, whose golden run has every gate open: the
+          golden output of the stream's last writer (front, attention, feed-forward), moved to the segment's
+          input quantization, or pooled for a predictor), so an error is pinned to the segment that made it. */
+    const size_t stream_bytes = enc * m->d_model;
+    unsigned writer = 0;
+    for (unsigned i = 0; i < m->n_segments; i++) {
+        const eeasr_img_segment *s = &m->seg[i];
+        const eeasr_img_segment *src = &m->seg[writer];
         const int8_t *in = w->input;
-        if (i == 0) {
+        if (s->front) {
             memset(w->input, (int8_t)m->feature_zero_point, (size_t)m->window * n_mels);
             memcpy(w->input, g->feats, (size_t)g->n_frames * n_mels);
+        } else if (s->role == EEASR_ROLE_SEGMENT) {
+            in = g->seg[i - 1].hidden; /* the runner requantizes at an early-exit boundary */
+        } else if (s->role == EEASR_ROLE_PREDICTOR) {
+            eeasr_pool_valid_int8(g->seg[writer].hidden, g->t_valid, m->d_model, src->hidden_scale,
+                                  src->hidden_zero_point, s->in_scale, s->in_zero_point, w->pooled);
+            in = w->pooled;
         } else {
-            in = g->seg[i - 1].hidden;
+            int8_t table[256];
+            eeasr_requantize_table(src->hidden_scale, src->hidden_zero_point, s->in_scale, s->in_zero_point, table);
+            eeasr_requantize_apply(table, g->seg[writer].hidden, stream_bytes, w->hidden);
+            in = w->hidden;
         }
+        if (s->role == EEASR_ROLE_FRONT || s->role == EEASR_ROLE_MHA || s->role == EEASR_ROLE_FFN) writer = i;
+        const int predictor = s->role == EEASR_ROLE_PREDICTOR;
+        int8_t *got = predictor ? w->gate : w->hidden;
         char err[160] = "";
         int64_t t0 = esp_timer_get_time();
-        int rc = eeasr_runner_run((int)i, in, (int32_t)g->n_frames, w->logits, w->hidden, err, sizeof err);
+        int rc = eeasr_runner_run((int)i, in, (int32_t)g->n_frames, w->logits, got, err, sizeof err);
         int64_t us = esp_timer_get_time() - t0;
         if (rc != 0) {
             all = 0;
-            check(&j, &first, name, " run", 0, 0, "", err);
+            check(&j, &first, s->name, " run", 0, 0, "", err);
             continue;
         }
-        size_t dh = 0, dl = 0;
-        int eh = max_diff(w->hidden, g->seg[i].hidden, enc * m->d_model, &dh);
+        if (g->seg[i].hidden != NULL) {
+            const size_t n_out = predictor ? s->n_gates : stream_bytes;
+            size_t dh = 0;
+            int eh = max_diff(got, g->seg[i].hidden, n_out, &dh);
+            snprintf(detail, sizeof detail, "%u of %u values differ, tolerance %u; %lld us", (unsigned)dh,
+                     (unsigned)n_out, g->hidden_tol, (long long)us);
+            check(&j, &first, s->name, predictor ? " gate margins" : " hidden state", eh <= g->hidden_tol, eh,
+                  "int8 LSB", detail);
+            all &= eh <= g->hidden_tol;
+        }
+        if (g->seg[i].logits == NULL) continue;
+        size_t dl = 0;
         int el = max_diff(w->logits, g->seg[i].logits, (size_t)g->t_valid * m->vocab, &dl);
-        snprintf(detail, sizeof detail, "%u of %u values differ, tolerance %u; %lld us", (unsigned)dh,
-                 (unsigned)(enc * m->d_model), g->hidden_tol, (long long)us);
-        check(&j, &first, name, " hidden state", eh <= g->hidden_tol, eh, "int8 LSB", detail);
-        snprintf(detail, sizeof detail, "%u of %u values differ (valid frames), tolerance %u", (unsigned)dl,
-                 (unsigned)(g->t_valid * m->vocab), g->logits_tol);
-        check(&j, &first, name, " logits", el <= g->logits_tol, el, "int8 LSB", detail);
-        all &= eh <= g->hidden_tol && el <= g->logits_tol;
+        snprintf(detail, sizeof detail, "%u of %u values differ (valid frames), tolerance %u; %lld us", (unsigned)dl,
+                 (unsigned)(g->t_valid * m->vocab), g->logits_tol, (long long)us);
+        check(&j, &first, s->name, " logits", el <= g->logits_tol, el, "int8 LSB", detail);
+        all &= el <= g->logits_tol;
         /* The exit measure follows from the logits: reported, and held to 5% (ties of 1-LSB logits move it). */
         eeasr_exit_measures ms;
-        eeasr_exit_measures_int8(w->logits, g->t_valid, m->vocab, m->seg[i].logits_scale, m->seg[i].logits_zero_point,
-                                 m->blank, w->scratch, &ms);
+        eeasr_exit_measures_int8(w->logits, g->t_valid, m->vocab, s->logits_scale, s->logits_zero_point, m->blank,
+                                 w->scratch, &ms);
         double ref = g->seg[i].entropy, e = fabs((double)ms.entropy - ref);
         ok = e <= 0.05 * fabs(ref) + 1e-6;
         all &= ok;
         snprintf(detail, sizeof detail, "device %.6g, reference %.6g", (double)ms.entropy, ref);
-        check(&j, &first, name, " exit entropy", ok, e, "entropy / |Y|", detail);
+        check(&j, &first, s->name, " exit entropy", ok, e, "entropy / |Y|", detail);
     }
     put(&j, "],\"pass\":%s,\"wall_s\":%.3f}", tf(all), (esp_timer_get_time() - t_start) / 1e6);
     return j.len;
@@ -148,13 +173,14 @@ size_t eeasr_profile_json(const eeasr_model_image *m, const eeasr_counters *c, c
             "\"arena_in\":\"%s\",\"weights_in\":\"%s\",\"segments\":[",
         firmware, (unsigned)CONFIG_ESP_DEFAULT_CPU_FREQ_MHZ * 1000000u, m->window, (unsigned)eeasr_runner_arena_bytes(),
         eeasr_runner_arena_where(), eeasr_runner_weights_where());
-    for (unsigned i = 0; i < m->device_exits; i++) {
+    static const char *const roles[] = {"segment", "front", "predictor", "mha", "ffn", "head"};
+    for (unsigned i = 0; i < m->n_segments; i++) {
         const eeasr_segment_profile *p = eeasr_runner_profile((int)i);
-        put(&j, "%s{\"name\":\"%s\",\"exit_index\":%u,\"exit_layer\":%u,\"live_windows\":%u,\"live_wall_ms_mean\":%.3f,"
-                "\"live_wall_ms_max\":%.3f,\"cycles\":%u,\"cycles_max\":%u,\"interpreter_setup_ms\":%.3f,"
-                "\"tflm_allocated_bytes\":%u,\"arena_bytes\":%u,\"flash_bytes\":%u}",
-            i ? "," : "", m->seg[i].name, m->seg[i].exit_index, m->seg[i].exit_layer, (unsigned)p->runs,
-            p->runs ? p->total_us / 1e3 / p->runs : 0.0, p->max_us / 1e3, (unsigned)p->last_cycles,
+        put(&j, "%s{\"name\":\"%s\",\"role\":\"%s\",\"exit_index\":%u,\"exit_layer\":%u,\"live_windows\":%u,"
+                "\"live_wall_ms_mean\":%.3f,\"live_wall_ms_max\":%.3f,\"cycles\":%u,\"cycles_max\":%u,"
+                "\"interpreter_setup_ms\":%.3f,\"tflm_allocated_bytes\":%u,\"arena_bytes\":%u,\"flash_bytes\":%u}",
+            i ? "," : "", m->seg[i].name, roles[m->seg[i].role], m->seg[i].exit_index, m->seg[i].exit_layer,
+            (unsigned)p->runs, p->runs ? p->total_us / 1e3 / p->runs : 0.0, p->max_us / 1e3, (unsigned)p->last_cycles,
             (unsigned)p->max_cycles, p->alloc_us / 1e3, (unsigned)p->arena_used, (unsigned)m->seg[i].arena_bytes,
             (unsigned)m->seg[i].tflite_len);
     }

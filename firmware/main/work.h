@@ -7,13 +7,16 @@
 #include <stdint.h>
 
 #include "eeasr_core/features.h"
+#include "eeasr_core/protocol.h"
 
 #define EEASR_PUSH_FRAMES 8 /* log-mel frames computed per push */
 
 typedef struct {
     int8_t *input;              /* [W x n_mels]: segment 1's input window */
     int8_t *logits;             /* [W/4 x vocab] */
-    int8_t *hidden;             /* [W/4 x d] */
+    int8_t *hidden;             /* [W/4 x d]: the hidden state (a gated program's residual stream) */
+    int8_t *pooled;             /* [d]: a gate predictor's input */
+    int8_t gate[EEASR_MAX_MODULES]; /* a gate predictor's margins */
     float *scratch;             /* [vocab]: log-softmax row */
     int32_t *tokens;            /* [W/4] */
     float logmel[EEASR_PUSH_FRAMES * EEASR_N_MELS];

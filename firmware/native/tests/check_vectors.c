@@ -1,9 +1,10 @@
 /* The C core against the Python reference's test vectors.
 
-   usage: check_vectors FEATURES.eefv EXITS.eexv PROTOCOL.eepv
+   usage: check_vectors FEATURES.eefv EXITS.eexv PROTOCOL.eepv GATED.eegt
    FEATURES.eefv: `eeasr-data vectors` (format in eeasr/testvectors.py and docs/features.md).
    EXITS.eexv:    firmware/native/exit_vectors.py (format in its docstring).
    PROTOCOL.eepv: firmware/native/protocol_vectors.py (format in its docstring).
+   GATED.eegt:    firmware/native/gated_vectors.py (format in its docstring).
 
    Per feature case: the streamed log-mel (also pushed in odd chunk sizes, which must give the same bits) is
    within the float32 tolerances of docs/features.md; int8 from the stored log-mel equals the stored int8 bit
@@ -11,7 +12,9 @@
    the log-mel tolerance of a rounding boundary (counted and reported). Per exit case: log-softmax, entropies
    and greedy CTC of the int8 logits equal the reference within float32 tolerance (tokens exactly). Per
    frame: a valid one decodes, and its message packs and encodes back to the reference's bytes; a broken one
-   is refused for the expected reason. Per endpoint case: the same events and the same final floor (bits). */
+   is refused for the expected reason. Per endpoint case: the same events and the same final floor (bits). Per
+   gated case (eeasr/gated_program.py): the pooled means bit for bit and their int8 exactly, the gate threshold
+   bit for bit and every decision (ties at the threshold included), the requantized stream exactly. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +23,7 @@
 #include "eeasr_core/endpoint.h"
 #include "eeasr_core/exits.h"
 #include "eeasr_core/features.h"
+#include "eeasr_core/gates.h"
 #include "eeasr_core/protocol.h"
 #include "eeasr_core/quant.h"
 
@@ -397,14 +401,86 @@ static void check_protocol(const char *path) {
     free(r.data);
 }
 
+static void check_gated(const char *path) {
+    reader r = open_file(path);
+    if (memcmp(take(&r, 4), "EEGT", 4) != 0 || u32(&r) != 1) {
+        fprintf(stderr, "%s: not an EEGT version 1 file\n", path);
+        exit(2);
+    }
+    uint32_t n_pool = u32(&r), n_gate = u32(&r), n_requant = u32(&r);
+    size_t decisions = 0, ties = 0, values = 0;
+    for (uint32_t c = 0; c < n_pool; c++) {
+        char name[33] = {0};
+        memcpy(name, take(&r, 32), 32);
+        uint32_t rows = u32(&r), t_valid = u32(&r), d = u32(&r);
+        float scale = f32(&r);
+        int32_t zp = i32(&r);
+        float out_scale = f32(&r);
+        int32_t out_zp = i32(&r);
+        const int8_t *stream = (const int8_t *)take(&r, (size_t)rows * d);
+        float *ref_mean = f32_array(&r, d), *mean = xmalloc(d * sizeof *mean);
+        const int8_t *ref_q = (const int8_t *)take(&r, d);
+        int8_t *q = xmalloc(d);
+        eeasr_pool_valid(stream, t_valid, d, scale, zp, mean);
+        eeasr_pool_valid_int8(stream, t_valid, d, scale, zp, out_scale, out_zp, q);
+        if (memcmp(mean, ref_mean, d * sizeof *mean) != 0) FAIL("%s: pooled means differ from the reference's", name);
+        if (memcmp(q, ref_q, d) != 0) FAIL("%s: pooled int8 differs from the reference's", name);
+        values += d;
+        free(ref_mean), free(mean), free(q);
+    }
+    for (uint32_t c = 0; c < n_gate; c++) {
+        char name[33] = {0};
+        memcpy(name, take(&r, 32), 32);
+        uint32_t n = u32(&r);
+        float scale = f32(&r);
+        int32_t zp = i32(&r);
+        double beta = f64(&r);
+        const int8_t *margins = (const int8_t *)take(&r, n);
+        double ref_threshold = f64(&r), threshold = eeasr_gate_threshold(beta);
+        const uint8_t *ref_open = take(&r, n);
+        uint8_t *open = xmalloc(n);
+        if (memcmp(&threshold, &ref_threshold, sizeof threshold) != 0)
+            FAIL("%s: threshold %.17g, the reference's %.17g", name, threshold, ref_threshold);
+        eeasr_gate_decide(margins, n, scale, zp, ref_threshold, open);
+        for (uint32_t g = 0; g < n; g++) {
+            ties += (double)eeasr_dequantize_int8(margins[g], scale, zp) == ref_threshold;
+            if (open[g] != ref_open[g]) FAIL("%s: gate %u (margin %d) is %u, the reference's %u", name, g, margins[g],
+                                             open[g], ref_open[g]);
+        }
+        decisions += n;
+        free(open);
+    }
+    for (uint32_t c = 0; c < n_requant; c++) {
+        char name[33] = {0};
+        memcpy(name, take(&r, 32), 32);
+        uint32_t n = u32(&r);
+        float from_scale = f32(&r);
+        int32_t from_zp = i32(&r);
+        float to_scale = f32(&r);
+        int32_t to_zp = i32(&r);
+        const int8_t *in = (const int8_t *)take(&r, n), *ref = (const int8_t *)take(&r, n);
+        int8_t table[256], *out = xmalloc(n);
+        eeasr_requantize_table(from_scale, from_zp, to_scale, to_zp, table);
+        eeasr_requantize_apply(table, in, n, out);
+        if (memcmp(out, ref, n) != 0) FAIL("%s: the requantized stream differs from the reference's", name);
+        free(out);
+    }
+    if (r.pos != r.size) FAIL("%s: %zu trailing bytes", path, r.size - r.pos);
+    printf("gated: %u pooling cases (%zu means bit for bit), %u gate cases (%zu decisions, %zu margins exactly at "
+           "the threshold), %u stream requantizations: identical\n", n_pool, values, n_gate, decisions, ties,
+           n_requant);
+    free(r.data);
+}
+
 int main(int argc, char **argv) {
-    if (argc != 4) {
-        fprintf(stderr, "usage: %s FEATURES.eefv EXITS.eexv PROTOCOL.eepv\n", argv[0]);
+    if (argc != 5) {
+        fprintf(stderr, "usage: %s FEATURES.eefv EXITS.eexv PROTOCOL.eepv GATED.eegt\n", argv[0]);
         return 2;
     }
     check_features(argv[1]);
     check_exits(argv[2]);
     check_protocol(argv[3]);
+    check_gated(argv[4]);
     printf(g_failures ? "vector check: %d failures\n" : "vector check: passed\n", g_failures);
     return g_failures ? 1 : 0;
 }

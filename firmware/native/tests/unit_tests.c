@@ -6,6 +6,7 @@
 #include "eeasr_core/exits.h"
 #include "eeasr_core/features.h"
 #include "eeasr_core/fft.h"
+#include "eeasr_core/gates.h"
 #include "eeasr_core/quant.h"
 #include "check.h"
 
@@ -298,6 +299,49 @@ static void test_greedy_ctc_collapses(void) {
     CHECK(n == 2 && tokens[0] == 0 && tokens[1] == 2, "blank = 1 gave %zu tokens", n);
 }
 
+static void test_pool_valid_sums_valid_frames_exactly(void) {
+    /* [3 x 2], t_valid 2: column sums 4 and 1 (row 3 is padding, never read); (s / 2 - (-2)) * 0.5. */
+    const int8_t stream[3 * 2] = {1, -4, 3, 5, 100, 7};
+    float mean[4];
+    int8_t q[4];
+    eeasr_pool_valid(stream, 2, 2, 0.5f, -2, mean);
+    CHECK(mean[0] == 2.0f && mean[1] == 1.25f, "mean %g %g", mean[0], mean[1]);
+    eeasr_pool_valid_int8(stream, 2, 2, 0.5f, -2, 0.25f, 1, q); /* 2 / 0.25 + 1, 1.25 / 0.25 + 1 */
+    CHECK(q[0] == 9 && q[1] == 6, "pooled int8 %d %d", q[0], q[1]);
+    /* one float32 division by the count, not a multiplication by 1 / t: 1 / 3 as float32 */
+    const int8_t third[3] = {1, 0, 0};
+    eeasr_pool_valid(third, 3, 1, 1.0f, 0, mean);
+    CHECK(mean[0] == 1.0f / 3.0f, "1 / 3 = %.9g", mean[0]);
+    /* 150 frames at +127: the int32 sum, not an int8 or int16 accumulator; saturating at the predictor */
+    int8_t loud[150 * 4];
+    memset(loud, 127, sizeof loud);
+    eeasr_pool_valid(loud, 150, 4, 0.1f, -1, mean);
+    CHECK(mean[3] == (127.0f + 1.0f) * 0.1f, "mean of 127s %.9g", mean[3]);
+    eeasr_pool_valid_int8(loud, 150, 4, 0.1f, -1, 0.01f, 0, q);
+    CHECK(q[0] == 127 && q[1] == 127, "saturated %d", q[0]);
+}
+
+static void test_gate_threshold_and_decide(void) {
+    CHECK(isinf(eeasr_gate_threshold(0.0)) && eeasr_gate_threshold(0.0) < 0, "beta 0");
+    CHECK(isinf(eeasr_gate_threshold(1.0)) && eeasr_gate_threshold(1.0) > 0, "beta 1");
+    CHECK(eeasr_gate_threshold(0.5) == 0.0, "beta 0.5: %g", eeasr_gate_threshold(0.5));
+    CHECK(isnan(eeasr_gate_threshold(-0.1)) && isnan(eeasr_gate_threshold(1.5)), "beta outside [0, 1]");
+    CHECK(fabs(eeasr_gate_threshold(0.25) - log(1.0 / 3.0)) < 1e-15, "beta 0.25");
+    const int8_t margins[5] = {-128, -3, -2, 0, 127};
+    uint8_t open[5];
+    CHECK(eeasr_gate_decide(margins, 5, 0.5f, 0, eeasr_gate_threshold(0.0), open) == 5, "beta 0 runs all");
+    CHECK(eeasr_gate_decide(margins, 5, 0.5f, 0, eeasr_gate_threshold(1.0), open) == 0, "beta 1 runs none");
+    CHECK(eeasr_gate_decide(margins, 5, 0.5f, 0, NAN, open) == 0, "a NaN threshold opens nothing");
+    /* beta 0.25: z > log(1/3) = -1.0986; -1.5 stays closed, -1.0 opens */
+    size_t n = eeasr_gate_decide(margins, 5, 0.5f, 0, eeasr_gate_threshold(0.25), open);
+    CHECK(n == 3 && !open[0] && !open[1] && open[2] && open[3] && open[4], "beta 0.25 opened %zu", n);
+    /* exactly at the threshold: a margin at the zero point is 0, not > 0 (p = beta does not run) */
+    n = eeasr_gate_decide(margins, 5, 0.5f, 0, eeasr_gate_threshold(0.5), open);
+    CHECK(n == 1 && open[4] && !open[3], "beta 0.5 opened %zu", n);
+    n = eeasr_gate_decide(margins, 5, 0.5f, -2, 0.0, open); /* zero point -2: q = -2 is the margin 0 */
+    CHECK(n == 2 && !open[2] && open[3] && open[4], "zero point -2 opened %zu", n);
+}
+
 int main(void) {
     eeasr_logmel_tables_init(&g_tables);
     test_fft_impulse_dc_and_cosine();
@@ -315,6 +359,8 @@ int main(void) {
     test_log_softmax_and_entropy();
     test_int8_measures_match_the_float_path();
     test_greedy_ctc_collapses();
+    test_pool_valid_sums_valid_frames_exactly();
+    test_gate_threshold_and_decide();
     printf("unit tests: %d checks, %d failed\n", g_checks, g_failures);
     return g_failures ? 1 : 0;
 }
