@@ -66,6 +66,11 @@ model: setup  ## evaluate the trained default run and export it to models/defaul
 #   bench/split_sweep.py   EXITS=2 split: system WER, share ended on the device, uplink bytes vs the exit threshold
 #   bench/split_latency.py end of audio -> text latency and uplink bytes of `eeasr-host stream` in simulation
 #   bench/server_load.py   `eeasr-host serve` throughput and p50/p95 latency at 1, 8 and 32 concurrent clients
+# Not run here: they need a trained I3D run or a converted Conformer-AED bundle instead of the default model.
+#   bench/gated_cost.py --run RUN       I3D: device modules, MACs, TFLM time, handoff bytes, share on the device
+#                                       and WER per gate threshold beta (bench/out/gated_cost.*)
+#   bench/aed_server_cost.py --bundle DIR   AED: server time per window (p50/p95), tokens and WER of greedy
+#                                       CTC, attention beam and attention + LM (bench/out/aed_server_cost.*)
 bench: setup  ## run the benchmarks under bench/ (bench/out/; slow: tens of minutes)
 	$(PY) bench/window_table.py
 	$(PY) bench/int8_wer.py --out bench/out

@@ -3,6 +3,7 @@ EXITS=2 (device exits after layers 2 and 4, the server runs layers 5-12 on the h
 
     nice -n 19 .venv/bin/python bench/segment_agreement.py                           # every candidate
     nice -n 19 .venv/bin/python bench/segment_agreement.py --only baseline,float-ln  # some of them
+    nice -n 19 .venv/bin/python bench/segment_agreement.py --limit 100 --no-demo --only baseline,pct-99.99
     nice -n 19 .venv/bin/python bench/segment_agreement.py --limit 300 --only bounds # the float bounds, more data
 
 Issue 5 asks that handed-off windows agree with the float model run on the same windows at >= 0.99 tokens
@@ -24,11 +25,12 @@ model's normalization, eeasr.windows). Per candidate conversion:
 - device cost (convert/cost.py's roofline): flash of both segments, the larger arena, modelled seconds per
   window with ESP-NN kernels and weights in flash. FLOAT32 ops are priced as reference int8 kernels (their
   4-byte tensors are counted): a rough figure, not a measurement.
-Candidates: (a) calibration: all 48 calibration utterances, full windows cut from their joined stream (with
-the partial ones: full windows alone leave the padding bias uncalibrated and crash TFLM), ranges clipped at
-activation percentiles instead of min/max; (b) selective float ops (TFLite's MLIR quantizer with
-denylisted ops: they stay float32 between DEQUANTIZE/QUANTIZE); (c) per-tensor instead of per-channel
-weights, and the 16x8 scheme (int16 activations) through the MLIR quantizer. The `bounds` rows are not
+Candidates: (a) calibration: `baseline` is the converter with min/max ranges (--calibration minmax); then
+all 48 calibration utterances, full windows cut from their joined stream (with the partial ones: full windows
+alone leave the padding bias uncalibrated and crash TFLM), ranges clipped at activation percentiles instead of
+min/max (convert/calibration.py; `pct-99.99` is the converter's default); (b) selective float ops (TFLite's
+MLIR quantizer with denylisted ops: they stay float32 between DEQUANTIZE/QUANTIZE); (c) per-tensor instead of
+per-channel weights, and the 16x8 scheme (int16 activations) through the MLIR quantizer. The `bounds` rows are not
 conversions: the float torch model with only the contract's int8 features, only the int8 handoff, int8
 per-channel weights (symmetric, what every TFLM conversion has) with and without int8 features; they bound
 what any conversion that keeps int8 features and weights can reach.
@@ -42,7 +44,6 @@ import csv
 import os
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,123 +125,40 @@ class Candidate:
     bound: Callable[..., dict[str, Any]] | None = None   # for the `bounds` rows
 
 
-def _converter(seg: Any, reps: list[tuple[np.ndarray, int]]) -> tuple[Any, dict[str, str]]:
-    """A TFLiteConverter set up as convert.tf_model.convert_int8 sets it up, and its output renames."""
-    import tensorflow as tf
-
-    from eeasr.convert.tf_model import set_full_integer
-
-    concrete = seg.fn.get_concrete_function()
-    conv = tf.lite.TFLiteConverter.from_concrete_functions([concrete])
-
-    def gen() -> Any:
-        for x, n in reps:
-            yield [np.asarray(x, np.float32), np.array([n], np.int32)]
-
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = gen
-    set_full_integer(conv, "int8")
-    keys = tf.nest.flatten({k: k for k in concrete.structured_outputs})
-    return conv, {o.name.split(":")[0]: k for o, k in zip(concrete.outputs, keys)}
-
-
-def calibrated_model(seg: Any, reps: list[tuple[np.ndarray, int]]) -> tuple[bytes, dict[str, str]]:
-    """The float model with the calibrator's min/max of every activation (`_experimental_calibrate_only`)."""
-    conv, names = _converter(seg, reps)
-    conv._experimental_calibrate_only = True
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return conv.convert(), names
-
-
-def quantize_calibrated(cal: bytes, seg: Any, names: dict[str, str], denylisted_ops: list[str] | None = None,
-                        disable_per_channel: bool = False, int16: bool = False) -> bytes:
-    """TFLite's MLIR quantizer on a calibrated model (what convert() runs after calibration); denylisted ops
-    stay float32. int16: the 16x8 scheme."""
-    import tensorflow as tf
-    from tensorflow.compiler.mlir.lite import types_pb2
-    from tensorflow.lite.python import convert as tfl_convert
-
-    from eeasr.convert.tf_model import rename_tensors
-
-    io = tf.int16 if int16 else tf.int8
-    q = tfl_convert.mlir_quantize(cal, disable_per_channel=disable_per_channel, fully_quantize=True,
-                                  inference_type=types_pb2.QUANTIZED_INT16 if int16 else types_pb2.QUANTIZED_INT8,
-                                  input_data_type=io, output_data_type=io, denylisted_ops=denylisted_ops)
-    return rename_tensors(q, names, seg.input_names + seg.output_names)
-
-
-def clip_ranges(cal: bytes, reps: list[tuple[np.ndarray, int]], pct: float) -> bytes:
-    """Replace each activation's calibrated [min, max] by its [100 - pct, pct] percentiles over `reps` (the
-    float model run by LiteRT with every intermediate tensor kept). Exact percentiles from the m most extreme
-    values of each run (m = what the tail holds over all runs)."""
-    import flatbuffers
-    from ai_edge_litert.interpreter import Interpreter
-
-    from eeasr.tflm import tflite_schema
-
-    fb = tflite_schema()
-    interp = Interpreter(model_content=cal, experimental_preserve_all_tensors=True)
-    interp.allocate_tensors()
-    details = {d["index"]: d for d in interp.get_tensor_details()}
-    model = fb.ModelT.InitFromObj(fb.Model.GetRootAsModel(cal, 0))
-    sub = model.subgraphs[0]
-    ranged = [i for i, t in enumerate(sub.tensors) if t.quantization is not None and t.quantization.min is not None
-              and len(t.quantization.min) == 1 and t.type == fb.TensorType.FLOAT32]
-    lows: dict[int, list[np.ndarray]] = {i: [] for i in ranged}
-    highs: dict[int, list[np.ndarray]] = {i: [] for i in ranged}
-    ins = {d["name"]: d["index"] for d in interp.get_input_details()}
-    sizes = {i: int(np.prod(details[i]["shape"])) for i in ranged}
-    m = {i: max(1, int(np.ceil(sizes[i] * len(reps) * (1 - pct / 100)))) for i in ranged}
-    for x, n in reps:
-        for name, idx in ins.items():
-            interp.set_tensor(idx, np.array([n], np.int32) if "n_frames" in name else np.asarray(x, np.float32))
-        interp.invoke()
-        for i in ranged:
-            v = interp.get_tensor(i).ravel()
-            k = min(m[i], v.size)
-            part = np.partition(v, (k - 1, v.size - k))
-            lows[i].append(part[:k])
-            highs[i].append(part[v.size - k:])
-    for i in ranged:
-        lo, hi = np.sort(np.concatenate(lows[i])), np.sort(np.concatenate(highs[i]))
-        q = sub.tensors[i].quantization
-        q.min = [float(min(0.0, lo[min(m[i], len(lo)) - 1]))]   # ranges keep 0 (as the calibrator's do)
-        q.max = [float(max(0.0, hi[-min(m[i], len(hi))]))]
-    builder = flatbuffers.Builder(len(cal) + 4096)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
-
-
 def candidates() -> list[Candidate]:
-    from eeasr.convert.tf_model import convert_int8
+    from eeasr.convert.tf_model import calibrate, convert_int8, quantize_calibrated, segment_reps
 
-    def mlir(denylisted_ops: list[str] | None = None, **kw: Any) -> Convert:
+    def mlir(denylisted_ops: list[str] | None = None, activations: str = "int8", **kw: Any) -> Convert:
+        """Min/max calibration, then TFLite's MLIR quantizer with `denylisted_ops` left float32."""
         def run(seg: Any, reps: list[tuple[np.ndarray, int]]) -> bytes:
-            cal, names = calibrated_model(seg, reps)
-            return quantize_calibrated(cal, seg, names, denylisted_ops, **kw)
+            cal, names, io = calibrate(seg.fn, segment_reps(reps))
+            return quantize_calibrated(cal, names, io, activations, denylisted_ops, **kw)
         return run
 
-    def percentile(pct: float) -> Convert:
+    def converter(clip_percentile: float | None) -> Convert:
+        """The converter's own conversion (convert/tf_model.py) with min/max (None) or percentile ranges."""
         def run(seg: Any, reps: list[tuple[np.ndarray, int]]) -> bytes:
-            cal, names = calibrated_model(seg, reps)
-            return quantize_calibrated(clip_ranges(cal, reps, pct), seg, names)
+            return convert_int8(seg, reps, clip_percentile=clip_percentile)
         return run
+
+    minmax = converter(None)
 
     ln = ["MEAN", "SQUARED_DIFFERENCE", "RSQRT"]
     weight_ops = ["FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D"]
     every = ["RESHAPE", "MUL", "PAD", "ADD", "SUB", *ln, "LOGISTIC", "TRANSPOSE", "BATCH_MATMUL", "SOFTMAX"]
     return [
-        Candidate("baseline", "calibration", "the converter today: min/max over the first 32 calibration "
-                  "windows (partial windows, zero-padded)", convert_int8),
-        Candidate("calib-all48", "calibration", "min/max over all 48 calibration utterances", convert_int8, "all48"),
+        Candidate("baseline", "calibration", "`eeasr-convert --calibration minmax` (the converter before "
+                  "percentile ranges became its default): min/max over the first 32 calibration windows (partial "
+                  "windows, zero-padded)", minmax),
+        Candidate("calib-all48", "calibration", "min/max over all 48 calibration utterances", minmax, "all48"),
         Candidate("calib-full", "calibration", "min/max over full windows cut from the 48 utterances joined, and "
                   "the first 32 (partial) windows: full windows alone leave the key-padding bias uncalibrated "
-                  "(range [0, 0]) and TFLM crashes on the result", convert_int8, "full"),
-        Candidate("pct-99.99", "calibration", "ranges clipped at the 0.01/99.99 activation percentiles",
-                  percentile(99.99)),
+                  "(range [0, 0]) and TFLM crashes on the result", minmax, "full"),
+        Candidate("pct-99.99", "calibration", "ranges clipped at the 0.01/99.99 activation percentiles: the "
+                  "converter's default (`eeasr-convert --calibration percentile --clip-percentile 99.99`)",
+                  converter(99.99)),
         Candidate("pct-99.9", "calibration", "ranges clipped at the 0.1/99.9 activation percentiles",
-                  percentile(99.9)),
+                  converter(99.9)),
         Candidate("mlir-same", "float-ops", "calibrate-only + MLIR quantizer, nothing denylisted (= baseline)",
                   mlir()),
         Candidate("float-ln", "float-ops", "LayerNorm statistics float32: " + ",".join(ln), mlir(ln)),
@@ -255,7 +173,7 @@ def candidates() -> list[Candidate]:
         Candidate("per-tensor-weights", "other", "per-tensor instead of per-channel int8 weights",
                   mlir(disable_per_channel=True)),
         Candidate("int16-activations", "other", "16x8: int16 activations, int8 weights (MLIR quantizer), "
-                  "RSQRT float32", mlir(["RSQRT"], int16=True)),
+                  "RSQRT float32", mlir(["RSQRT"], "int16")),
         Candidate("bound-int8-features", "bounds", "float model; int8 features only (the contract's first step)",
                   bound=lambda **kw: kw | {"quant_feats": True}),
         Candidate("bound-int8-handoff", "bounds", "float model; int8 handoff only",

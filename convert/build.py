@@ -1,7 +1,8 @@
 """The conversion, step by step: checkpoint -> bundle (what `eeasr-convert CHECKPOINT --exits K --out DIR` runs).
 
 1. Device segments (convert/segments.py): cut at the exits, the first K converted to int8 TFLite in a
-   calibration chain on the model's calibration set, each checked against the esp-tflite-micro op table
+   calibration chain on the model's calibration set (activation ranges clipped at the 0.01 / 99.99
+   percentiles by default, convert/calibration.py), each checked against the esp-tflite-micro op table
    (convert/esp_ops.py), loaded by the real TFLM interpreter, its smallest arena measured (eeasr/tflm.py);
    every run of the chain goes through eeasr/device_program.py, as the host's simulated device does.
 2. Agreement: TFLM int8 vs the float model on unpadded windows at T_valid = W/4, W/2, W; below the thresholds
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from eeasr.bundle import Bundle, sha256_bytes, sha256_file
+from eeasr.convert.calibration import DEFAULT_CLIP_PERCENTILE, calibration_entry, check_percentile
 
 Log = Callable[[str], None]
 
@@ -42,12 +44,26 @@ class ConvertOptions:
     min_agreement: float = DEFAULT_MIN_AGREEMENT  # exit argmax agreement, TFLM int8 vs float
     int16: frozenset[int] = field(default_factory=frozenset)  # segment numbers with int16 activations
     calibration_windows: int = 32                 # representative windows per segment
+    clip_percentile: float | None = DEFAULT_CLIP_PERCENTILE  # int8 activation ranges at [100 - p, p]; None: min/max
     eval_windows_per_t: int = 2                   # agreement windows per T_valid
     target_wer: float | None = None               # threshold calibration target (default: last exit + 2)
     threads: int = 1
     beam: int = 10                                # Conformer-AED: the server decoder's attention beam
     lm: Path | None = None                        # Conformer-AED: an `eeasr-train lm` run rescoring the N-best
     lm_weight: float = 0.5                        # Conformer-AED: LM weight in the log-score am + w * lm
+
+    def __post_init__(self) -> None:
+        if self.clip_percentile is not None:
+            check_percentile(self.clip_percentile)
+
+
+def bundle_options(opts: ConvertOptions) -> dict[str, Any]:
+    """The options that change a bundle's bytes: the manifest's `options` section. Bundle caches reuse a
+    bundle only when its section equals the one they would convert with (a default that changes, such as
+    the calibration, then reconverts instead of serving the old bundle)."""
+    return {"exits": opts.exits, "int16": sorted(opts.int16), "calibration_windows": opts.calibration_windows,
+            **calibration_entry(opts.clip_percentile), "target_wer": opts.target_wer, "beam": opts.beam,
+            "lm": None if opts.lm is None else str(opts.lm), "lm_weight": opts.lm_weight}
 
 
 def _versions() -> dict[str, str]:
@@ -79,7 +95,7 @@ def _segment_entry(seg: Any, cost: Any) -> dict[str, Any]:
         "name": seg.name, "file": f"segments/{seg.name}.tflite", "sha256": sha256_bytes(seg.tflite),
         "bytes": len(seg.tflite), "blocks": [p.first_block, p.last_block], "front": p.with_front,
         "exit": {"index": p.exit_index, "layer": p.exit_layer, "output": "logits"},
-        "activations": seg.activations, "inputs": ins, "outputs": outs,
+        "activations": seg.activations, **calibration_entry(seg.clip_percentile), "inputs": ins, "outputs": outs,
         "arena": {"min_bytes": seg.arena_min, "bytes": seg.arena, "measured_on": "tflite-micro wheel, x86-64",
                   "allocations": seg.allocations,
                   "margin": "bytes = min * 1.10 + 8 KiB, 16-byte aligned (ESP-NN scratch, 32-bit pointers)"},
@@ -99,7 +115,7 @@ def build_segments(ck: Any, opts: ConvertOptions, log: Log, n_segments: int | No
     log(f"calibration set: {len(calib)} windows of {window} frames; {len(plans)} device segment(s) at exits "
         f"{[p.exit_layer for p in plans]}")
     segments, chains = build_device_segments(ck.model, plans, calib, window, opts.calibration_windows, opts.int16,
-                                             progress=log)
+                                             progress=log, clip_percentile=opts.clip_percentile)
     costs = [segment_cost(s.tflite, s.arena, window) for s in segments]
     return segments, chains, calib, costs
 
@@ -277,7 +293,7 @@ def convert_checkpoint(checkpoint: Path, out: Path, opts: ConvertOptions, log: L
         "thresholds": thresholds,
         "server": server_entry,
         "toolchain": _versions(),
-        "options": {"exits": k, "int16": sorted(opts.int16), "calibration_windows": opts.calibration_windows},
+        "options": bundle_options(opts),
     }
     tflite_by_name = {s.name: s.tflite for s in segments}
 
@@ -292,4 +308,5 @@ def convert_checkpoint(checkpoint: Path, out: Path, opts: ConvertOptions, log: L
     return bundle
 
 
-__all__ = ["ConvertOptions", "convert_checkpoint", "build_segments", "DEFAULT_MIN_COSINE", "DEFAULT_MIN_AGREEMENT"]
+__all__ = ["ConvertOptions", "bundle_options", "convert_checkpoint", "build_segments", "DEFAULT_MIN_COSINE",
+           "DEFAULT_MIN_AGREEMENT"]

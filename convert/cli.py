@@ -1,15 +1,19 @@
 """`eeasr-convert`: turn a checkpoint into a device/server bundle.
 
     eeasr-convert CHECKPOINT --exits K --out DIR     (the default command, `convert`)
-    eeasr-convert report CHECKPOINT|BUNDLE           (device cost table for K = 1..all, or of one bundle)
+    eeasr-convert report CHECKPOINT|BUNDLE           (device cost table for K = 1..all, or of one bundle;
+                                                      any family the converter converts)
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import click
+
+from eeasr.convert.calibration import CALIBRATIONS, DEFAULT_CLIP_PERCENTILE
 
 
 class _DefaultCommandGroup(click.Group):
@@ -62,6 +66,15 @@ def _errors() -> tuple[type[BaseException], ...]:
 @click.option("--int16", "int16", type=int, multiple=True,
               help="Segment number to convert with int16 activations (repeatable); checked against int16 kernels.")
 @click.option("--calibration-windows", type=int, default=32, help="Representative windows per segment.")
+@click.option("--calibration", type=click.Choice(CALIBRATIONS), default=CALIBRATIONS[0], show_default=True,
+              help="How int8 activation ranges are set from the representative windows: `percentile` clips each "
+                   "range at its [100-P, P] percentiles (--clip-percentile), `minmax` spans every value seen. A "
+                   "few outliers stretch a min/max range and coarsen the int8 steps of all other values; on "
+                   "models/default percentile ranges raised the handoff's token agreement with the float model "
+                   "from 0.913 to 0.932 at the same size (docs/decisions/0005-handoff-agreement.md).")
+@click.option("--clip-percentile", type=click.FloatRange(50, 100, min_open=True), default=None, metavar="P",
+              help=f"With --calibration percentile: clip at the [100-P, P] percentiles [default: "
+                   f"{DEFAULT_CLIP_PERCENTILE:g}].")
 @click.option("--target-wer", type=float, default=None,
               help="WER (%) the exit thresholds must meet on the calibration set [default: last exit's + 2].")
 @click.option("--threads", type=int, default=1, help="CPU threads for torch and TensorFlow.")
@@ -70,16 +83,21 @@ def _errors() -> tuple[type[BaseException], ...]:
               help="Conformer-AED: an `eeasr-train lm` run; the server rescores its N-best with it.")
 @click.option("--lm-weight", type=float, default=0.5, help="Conformer-AED: LM weight in the log-score am + w * lm.")
 def convert(checkpoint: Path, k: int, out: Path, min_cosine: float | None, min_agreement: float | None,
-            int16: tuple[int, ...], calibration_windows: int, target_wer: float | None, threads: int, beam: int,
-            lm: Path | None, lm_weight: float) -> None:
+            int16: tuple[int, ...], calibration_windows: int, calibration: str, clip_percentile: float | None,
+            target_wer: float | None, threads: int, beam: int, lm: Path | None, lm_weight: float) -> None:
     """Convert CHECKPOINT (a model directory with calibration.npz, as `eeasr-train export` writes) into a bundle."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from eeasr.convert.build import DEFAULT_MIN_AGREEMENT, DEFAULT_MIN_COSINE, ConvertOptions, convert_checkpoint
 
+    if calibration == "minmax" and clip_percentile is not None:
+        raise click.UsageError("--clip-percentile goes with --calibration percentile, not minmax")
+    if calibration == "percentile" and clip_percentile is None:
+        clip_percentile = DEFAULT_CLIP_PERCENTILE
     opts = ConvertOptions(exits=k, min_cosine=DEFAULT_MIN_COSINE if min_cosine is None else min_cosine,
                           min_agreement=DEFAULT_MIN_AGREEMENT if min_agreement is None else min_agreement,
-                          int16=frozenset(int16), calibration_windows=calibration_windows, target_wer=target_wer,
-                          threads=threads, beam=beam, lm=lm, lm_weight=lm_weight)
+                          int16=frozenset(int16), calibration_windows=calibration_windows,
+                          clip_percentile=clip_percentile, target_wer=target_wer, threads=threads, beam=beam, lm=lm,
+                          lm_weight=lm_weight)
     try:
         convert_checkpoint(checkpoint, out, opts, log=lambda m: click.echo(m, err=True))
     except _errors() as e:
@@ -91,38 +109,73 @@ def convert(checkpoint: Path, k: int, out: Path, min_cosine: float | None, min_a
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the table (markdown) to this file.")
 @click.option("--threads", type=int, default=1, help="CPU threads for torch and TensorFlow.")
-def report(path: Path, out: Path | None, threads: int) -> None:
-    """Device cost per segment for K = 1..all exits: flash, arena, MACs, bytes per frame, modelled ESP32-S3
-    latency. PATH is a checkpoint (all its exits are converted for the table; nothing is written) or a bundle
-    (its own segments)."""
+@click.option("--calibration-windows", type=int, default=32,
+              help="Checkpoint: representative windows per segment of the conversion the table is measured on.")
+def report(path: Path, out: Path | None, threads: int, calibration_windows: int) -> None:
+    """Device cost per segment: flash, arena, MACs, bytes per frame, modelled ESP32-S3 latency. PATH is a
+    checkpoint of a family the converter converts (every exit on the device is converted for the table;
+    nothing is written) or a bundle (its own segments). Early-exit programs (conformer, conformer-aed): one row
+    per K = 1..n, cumulative. Gated programs (i3d): one row per module segment, then each K at beta 0 and 1."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from eeasr.bundle import MANIFEST, load_bundle
-    from eeasr.convert.cost import Assumptions, cost_table
+    from eeasr.convert.cost import Assumptions, cost_table, gated_cost_table
+
+    def log(m: str) -> None:
+        click.echo(m, err=True)
 
     try:
         if (path / MANIFEST).exists():
             b = load_bundle(path)
-            rows = [{"k": i + 1, "name": s["name"], "exit_layer": s["exit"]["layer"] if "exit" in s else s["layer"],
-                     "cost": s["cost"]}
-                    for i, s in enumerate(b.segments)]
+            prog = b.manifest["device"]["program"]
             window, title = b.window, f"bundle {path} (model {b.model_hash}, EXITS={b.device_exits})"
+            if prog["kind"] == "gated":
+                rows = [{"name": s["name"], "role": s["role"], "layer": s["layer"], "cost": s["cost"]}
+                        for s in b.segments]
+                table = gated_cost_table(rows, window, [(int(prog["head"]["exit"]), int(prog["head"]["layer"]))])
+            else:
+                table = cost_table([{"k": i + 1, "name": s["name"], "exit_layer": s["exit"]["layer"],
+                                     "cost": s["cost"]} for i, s in enumerate(b.segments)], window)
         else:
-            from eeasr.convert.build import ConvertOptions, _setup_threads, build_segments
-            from eeasr.train.checkpoint import load_checkpoint
-
-            _setup_threads(threads)
-            ck = load_checkpoint(path)
-            n = len(ck.cfg.model.exits)
-            segments, _, _, costs = build_segments(ck, ConvertOptions(exits=n), lambda m: click.echo(m, err=True))
-            rows = [{"k": i + 1, "name": s.name, "exit_layer": s.plan.exit_layer, "cost": c.to_dict()}
-                    for i, (s, c) in enumerate(zip(segments, costs))]
-            window, title = ck.cfg.data.window, f"checkpoint {path} (model {ck.model_hash}), every exit on the device"
+            table, window, title = _checkpoint_table(path, threads, calibration_windows, log)
     except _errors() as e:
         raise click.ClickException(str(e)) from None
     notes = "\n".join(f"- `{k}` = {v['value']:.4g}: {v['note']}" for k, v in Assumptions().notes().items())
     text = (f"Device cost, {title}; window W={window} frames ({window / 100:g} s). Latency is the roofline "
             f"per op (max of compute and memory time), summed; RTF = latency / window; 'memory'/'compute' says "
-            f"which dominates.\n\n{cost_table(rows, window)}\n\nAssumptions (convert/cost.py):\n{notes}\n")
+            f"which dominates.\n\n{table}\n\nAssumptions (convert/cost.py):\n{notes}\n")
     click.echo(text)
     if out:
         out.write_text(text)
+
+
+def _checkpoint_table(path: Path, threads: int, calibration_windows: int, log: Callable[[str], None]
+                      ) -> tuple[str, int, str]:
+    """(table, window, title) for a checkpoint with every exit on the device, converted in memory as
+    `eeasr-convert --exits ALL` converts it (an i3d model: every layer as gated module segments)."""
+    from eeasr.convert.build import CONVERTIBLE, ConvertOptions, _setup_threads, build_segments
+    from eeasr.convert.cost import cost_table, gated_cost_table, segment_cost
+    from eeasr.train.checkpoint import load_checkpoint
+
+    _setup_threads(threads)
+    ck = load_checkpoint(path)
+    cfg, window = ck.cfg.model, ck.cfg.data.window
+    if cfg.encoder not in CONVERTIBLE:
+        raise ValueError(f"{path}: {cfg.encoder!r} models cannot be converted yet; eeasr-convert converts "
+                         f"{', '.join(CONVERTIBLE)}")
+    title = f"checkpoint {path} (model {ck.model_hash}), every exit on the device"
+    if cfg.encoder == "i3d":
+        from eeasr.convert.i3d import build_gated_segments
+        from eeasr.convert.segments import load_calibration
+
+        calib = load_calibration(ck.path, ck.norm, window)
+        segs, *_ = build_gated_segments(ck.model, calib, window, cfg.exits[-1], float(cfg.i3d.beta),
+                                        calibration_windows, log)
+        rows = [{"name": n, "role": s.mod.role, "layer": s.mod.layer,
+                 "cost": segment_cost(s.tflite, s.arena, window).to_dict()} for n, s in segs.items()]
+        return (gated_cost_table(rows, window, [(j + 1, layer) for j, layer in enumerate(cfg.exits)]), window,
+                f"{title} ({cfg.i3d.predictor} gate predictor)")
+    opts = ConvertOptions(exits=len(cfg.exits), calibration_windows=calibration_windows)
+    segments, _, _, costs = build_segments(ck, opts, log)
+    rows = [{"k": i + 1, "name": s.name, "exit_layer": s.plan.exit_layer, "cost": c.to_dict()}
+            for i, (s, c) in enumerate(zip(segments, costs))]
+    return cost_table(rows, window), window, title

@@ -244,4 +244,37 @@ def cost_table(rows: list[dict[str, Any]], window: int) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Assumptions", "OpCost", "SegmentCost", "op_costs", "segment_cost", "cost_table"]
+def gated_cost_table(rows: list[dict[str, Any]], window: int, exits: list[tuple[int, int]]) -> str:
+    """Markdown for a gated (I3D) program, from manifest-style entries [{name, role, layer, cost}]: one row per
+    segment, then one per device program K (exits [(K, exit layer)]). A gated program's cost is not cumulative
+    over its segments: front, gate predictor(s) and head always run, each module only when its gate opens, so
+    program K is given at beta 0 (every module up to its exit layer) and at beta 1 (none)."""
+    scenarios = ("esp-nn/flash", "esp-nn/psram", "reference/flash", "reference/psram")
+    lines = ["| segment | role | layer | flash B | arena B | MACs / window | weights B / frame | activations B / frame "
+             "| ESP-NN, weights in flash: s / window (RTF) | ESP-NN, PSRAM | reference, flash | reference, PSRAM |",
+             "|" + "---|" * 12]
+    for r in rows:
+        c = r["cost"]
+        cell = [f"{c['latency_s'][k]:.3f} ({c['rtf'][k]:.3f}, {c['bound'][k]})" for k in scenarios]
+        lines.append(f"| {r['name']} | {r['role']} | {r['layer']} | {c['flash_bytes']:,} | {c['arena_bytes']:,} "
+                     f"| {c['macs']:,} | {c['weight_bytes_per_frame']:,} | {c['act_bytes_per_frame']:,} "
+                     f"| {' | '.join(cell)} |")
+    lines += ["", "| K (exit layer) | segments | device flash B | largest arena B | MACs / window, beta 0 (every "
+                  "module) | beta 1 (no module) | ESP-NN, flash: s / window, beta 0 | beta 1 |", "|" + "---|" * 8]
+
+    def total(rs: list[dict[str, Any]], key: str) -> float:
+        return sum(r["cost"]["latency_s"][key] if key in scenarios else r["cost"][key] for r in rs)
+
+    for k, layer in exits:
+        # a global predictor (layer 0) and local ones up to the exit layer; modules up to it; front and head
+        used = [r for r in rows if r["role"] in ("front", "head") or r["layer"] <= layer]
+        always = [r for r in used if r["role"] not in ("mha", "ffn")]
+        lines.append(f"| {k} ({layer}) | {len(used)} | {int(total(used, 'flash_bytes')):,} "
+                     f"| {max(r['cost']['arena_bytes'] for r in used):,} | {int(total(used, 'macs')):,} "
+                     f"| {int(total(always, 'macs')):,} "
+                     f"| {total(used, 'esp-nn/flash'):.3f} s for {window / 100:g} s "
+                     f"| {total(always, 'esp-nn/flash'):.3f} s |")
+    return "\n".join(lines)
+
+
+__all__ = ["Assumptions", "OpCost", "SegmentCost", "op_costs", "segment_cost", "cost_table", "gated_cost_table"]

@@ -6,7 +6,8 @@
   python -m eeasr.convert.firmware_flash budget|table|image|inspect|merge ...
 
 A checkpoint is converted when no bundle for it and EXITS is cached (CACHE/firmware/<model hash>/exits<K>/bundle,
-found by the checkpoint's file hashes, which the manifest records); the budget check refuses a bundle that
+found by the checkpoint's file hashes and the conversion options, which the manifest records: one converted
+with other options than eeasr-convert's defaults now is converted again); the budget check refuses a bundle that
 cannot fit (convert/budget.py); the generated sources and the model image are written into
 firmware/main/generated/ all at once (a temporary directory renamed into place), and only after ESP-IDF was
 found, so a failed step never leaves half-written firmware sources behind.
@@ -27,6 +28,7 @@ import click
 
 from eeasr.bundle import MANIFEST, Bundle, BundleError, load_bundle
 from eeasr.convert.budget import FIRMWARE, Limits, budget_table, check_budget, refusal
+from eeasr.convert.build import ConvertOptions, bundle_options
 from eeasr.convert.model_image import ModelImageError, build_image, parse_image
 
 BOARDS = ("devkitc-n16r8", "box3")
@@ -71,14 +73,16 @@ def _checkpoint_hashes(model: Path) -> dict[str, str]:
 
 
 def cached_bundle(model: Path, exits: int, cache: Path) -> Path | None:
-    """A cached bundle converted from exactly these checkpoint files with EXITS = `exits`, if any."""
+    """A cached bundle converted from exactly these checkpoint files with EXITS = `exits` and the options
+    `eeasr-convert --exits EXITS` converts with (convert() below), if any."""
     want = _checkpoint_hashes(model)
+    options = bundle_options(ConvertOptions(exits))
     for manifest in sorted(cache.glob(f"*/exits{exits}/bundle/{MANIFEST}")):
         try:
             m = json.loads(manifest.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        if m.get("model", {}).get("checkpoint_files") == want and m.get("device", {}).get("exits") == exits:
+        if m.get("model", {}).get("checkpoint_files") == want and m.get("options") == options:
             return manifest.parent
     return None
 

@@ -42,13 +42,14 @@ import numpy as np
 import tensorflow as tf
 
 from eeasr.bundle import Bundle, dequantize, quantize, sha256_bytes, sha256_file
+from eeasr.convert.calibration import DEFAULT_CLIP_PERCENTILE, calibration_entry
 from eeasr.convert.cost import SegmentCost, segment_cost
 from eeasr.convert.esp_ops import OpUse, check_ops
 from eeasr.convert.segments import (AgreementError, CalibrationSet, cosine, eval_windows, load_calibration,
                                     load_quantized, op_table, tensor_io)
-from eeasr.convert.tf_model import (N_MELS, DenseW, FrontW, LayerNormW, _dense, _ln, _np, dense, feed_forward,
-                                    frame_mask, front, front_weights, layer_norm, rename_tensors, self_attention,
-                                    set_full_integer)
+from eeasr.convert.tf_model import (N_MELS, DenseW, FrontW, LayerNormW, _dense, _ln, _np, convert_full_integer,
+                                    dense, feed_forward, frame_mask, front, front_weights, layer_norm,
+                                    self_attention)
 from eeasr.convert.tflm import op_uses
 from eeasr.device_program import INPUT_COUNT, INPUT_FEATS, INPUT_HIDDEN, OUTPUT_HIDDEN, OUTPUT_LOGITS, encoder_frames
 from eeasr.exits import log_softmax
@@ -181,23 +182,6 @@ def tf_modules(model: Any, window: int, device_layers: int) -> dict[str, TFModul
 
 # --------------------------------------------------------------------------------------------- int8 segments
 
-def convert_module(mod: TFModule, reps: list[list[np.ndarray]]) -> bytes:
-    """Full-integer int8 TFLite of one module (int8 inputs and outputs, `n_frames` int32), outputs renamed to the
-    contract's names; `reps` are representative input lists in the order of mod.inputs."""
-    concrete = mod.fn.get_concrete_function()
-    conv = tf.lite.TFLiteConverter.from_concrete_functions([concrete])
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = lambda: ([np.asarray(a, s.dtype.as_numpy_dtype) for a, s in zip(r, mod.inputs)]
-                                           for r in reps)
-    set_full_integer(conv, "int8")
-    keys = tf.nest.flatten({k: k for k in concrete.structured_outputs})
-    graph_names = {o.name.split(":")[0]: k for o, k in zip(concrete.outputs, keys)}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
-        flat = conv.convert()
-    return rename_tensors(flat, graph_names, mod.input_names + list(keys))
-
-
 @dataclass
 class ModuleSegment:
     mod: TFModule
@@ -208,6 +192,7 @@ class ModuleSegment:
     ops: list[OpUse]
     convert_s: float
     cost: SegmentCost | None = None
+    clip_percentile: float | None = None   # activation ranges clipped at this percentile; None: min/max
 
     @property
     def name(self) -> str:
@@ -220,14 +205,18 @@ class ModuleSegment:
         return op_table(self.ops)
 
 
-def build_segment(mod: TFModule, reps: list[list[np.ndarray]]) -> ModuleSegment:
-    """Convert, check the ops against esp-tflite-micro, load in TFLM with the smallest arena (+ margin)."""
+def build_segment(mod: TFModule, reps: list[list[np.ndarray]],
+                  clip_percentile: float | None = DEFAULT_CLIP_PERCENTILE) -> ModuleSegment:
+    """Convert to int8 (`reps`: representative input lists in the order of mod.inputs; activation ranges
+    clipped at `clip_percentile`, None: min/max), check the ops against esp-tflite-micro, load in TFLM with
+    the smallest arena (+ margin)."""
     t0 = time.perf_counter()
-    data = convert_module(mod, reps)
+    data = convert_full_integer(mod.fn, reps, "int8", clip_percentile)
     uses = op_uses(data)
     check_ops(uses, f"{mod.name} ({mod.role}, layer {mod.layer})")
     seg, arena_min, arena = load_quantized(data, mod.name)
-    return ModuleSegment(mod, data, seg, arena_min, arena, uses, time.perf_counter() - t0)
+    return ModuleSegment(mod, data, seg, arena_min, arena, uses, time.perf_counter() - t0,
+                         clip_percentile=clip_percentile)
 
 
 # ------------------------------------------------------------------------------------------- float reference
@@ -321,8 +310,8 @@ def pooled_reps(chains: list[list[Stream]], t_enc: list[int], rep: list[int]) ->
 
 
 def build_gated_segments(model: Any, calib: CalibrationSet, window: int, device_layers: int, beta: float,
-                         n_reps: int, log: Log) -> tuple[dict[str, ModuleSegment], list[Stream], list[np.ndarray],
-                                                         list[np.ndarray]]:
+                         n_reps: int, log: Log, clip_percentile: float | None = DEFAULT_CLIP_PERCENTILE
+                         ) -> tuple[dict[str, ModuleSegment], list[Stream], list[np.ndarray], list[np.ndarray]]:
     """The calibration chains (module docstring). Returns the segments by name in program order, and per
     calibration window chain A's final stream, its module mask (as the device sends it) and its head logits."""
     cfg = model.cfg
@@ -334,7 +323,7 @@ def build_gated_segments(model: Any, calib: CalibrationSet, window: int, device_
     segs: dict[str, ModuleSegment] = {}
 
     def make(name: str, reps: list[list[np.ndarray]]) -> ModuleSegment:
-        seg = build_segment(mods[name], reps)
+        seg = build_segment(mods[name], reps, clip_percentile)
         segs[name] = seg
         log(f"{name}: converted ({len(seg.tflite):,} B, arena {seg.arena_min:,} B) in {seg.convert_s:.1f} s")
         return seg
@@ -531,7 +520,7 @@ def _segment_entry(seg: ModuleSegment) -> dict[str, Any]:
     return {
         "name": seg.name, "file": f"segments/{seg.name}.tflite", "sha256": sha256_bytes(seg.tflite),
         "bytes": len(seg.tflite), "role": seg.mod.role, "layer": seg.mod.layer, "activations": "int8",
-        "inputs": ins, "outputs": outs,
+        **calibration_entry(seg.clip_percentile), "inputs": ins, "outputs": outs,
         "arena": {"min_bytes": seg.arena_min, "bytes": seg.arena, "measured_on": "tflite-micro wheel, x86-64",
                   "allocations": seg.tflm.allocations(),
                   "margin": "bytes = min * 1.10 + 8 KiB, 16-byte aligned (ESP-NN scratch, 32-bit pointers)"},
@@ -543,9 +532,10 @@ def convert_i3d(ck: Any, checkpoint: Path, out: Path, opts: Any, log: Log = prin
                 t_start: float | None = None) -> Bundle:
     """`eeasr-convert CHECKPOINT --exits K` for an I3D checkpoint (ck: a loaded eeasr.train.checkpoint); raises
     AgreementError, UnsupportedOpError, ServerCheckError, TFLMError, ValueError with what went wrong."""
-    from eeasr.convert.build import _versions
+    from eeasr.convert.build import _versions, bundle_options
     from eeasr.convert.bundle import bundle_id, model_sections, write_bundle
     from eeasr.convert.cost import Assumptions
+    from eeasr.convert.csource import write_firmware
     from eeasr.convert.esp_ops import ESP_NN_VERSION, ESP_TFLITE_MICRO_COMMIT, ESP_TFLITE_MICRO_VERSION
     from eeasr.convert.thresholds import calibrate
     from eeasr.server_model import SERVER_INPUT_HIDDEN, SERVER_INPUT_LENGTHS, ServerModel, output_name
@@ -567,7 +557,7 @@ def convert_i3d(ck: Any, checkpoint: Path, out: Path, opts: Any, log: Log = prin
 
     t = time.perf_counter()
     segs, chain, masks, head_logits = build_gated_segments(model, calib, window, L, beta, opts.calibration_windows,
-                                                           log)
+                                                           log, opts.clip_percentile)
     for s in segs.values():
         s.cost = segment_cost(s.tflite, s.arena, window)
     timings["segments"] = time.perf_counter() - t
@@ -662,24 +652,23 @@ def convert_i3d(ck: Any, checkpoint: Path, out: Path, opts: Any, log: Log = prin
             "agreement_gate": {"min_hidden_cosine": opts.min_cosine, "min_argmax_agreement": opts.min_agreement,
                                "t_valid": sorted({tv for tv, _ in windows}), "gates": "float gates forced"},
             "cost_assumptions": Assumptions().notes(),
-            "firmware": "none: the ESP-IDF pipeline (firmware/main) runs early_exit programs; gated programs run "
-                        "under eeasr.gated_program (the simulated device)",
         },
         "exits": exits,
         "thresholds": thresholds,
         "server": server_entry,
         "toolchain": _versions(),
-        "options": {"exits": k, "calibration_windows": opts.calibration_windows},
+        "options": bundle_options(opts),
     }
     manifest["model"]["i3d"] = {"predictor": cfg.i3d.predictor, "hidden": cfg.i3d.hidden, "beta": beta}
     timings["total_before_write"] = time.perf_counter() - t_start
     manifest["timings_s"] = {n: round(v, 2) for n, v in timings.items()}
-    bundle = write_bundle(Path(out), manifest, files, None)
+    tflite = {n: s.tflite for n, s in segs.items()}
+    bundle = write_bundle(Path(out), manifest, files, lambda d, m: write_firmware(d, m, tflite))
     log(f"wrote {out} (bundle {bundle.bundle_id[:12]}, model {ck.model_hash}, {len(segs)} segments) in "
         f"{time.perf_counter() - t_start:.1f} s")
     return bundle
 
 
-__all__ = ["convert_i3d", "tf_modules", "TFModule", "convert_module", "build_segment", "ModuleSegment", "float_pass",
+__all__ = ["convert_i3d", "tf_modules", "TFModule", "build_segment", "ModuleSegment", "float_pass",
            "FloatPass", "build_gated_segments", "program_of", "measure_gated_agreement", "server_module",
            "export_gated_onnx", "check_server", "attn_weights", "gate_weights"]

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from eeasr.bundle import QParams, quantize
+from eeasr.convert.calibration import DEFAULT_CLIP_PERCENTILE
 from eeasr.convert.esp_ops import OpUse, check_ops, kernel_for
 from eeasr.convert.tf_model import TFSegment, convert_int8, torch_to_tf_segment
 from eeasr.convert.tflm import arena_with_margin, op_uses
@@ -141,6 +142,7 @@ class DeviceSegment:
     ops: list[OpUse]
     convert_s: float = 0.0
     agreement: dict[str, Any] = field(default_factory=dict)
+    clip_percentile: float | None = None   # activation ranges clipped at this percentile; None: min/max
 
     @property
     def name(self) -> str:
@@ -177,15 +179,18 @@ def load_quantized(data: bytes, name: str) -> tuple[TFLMSegment, int, int]:
 
 
 def convert_segment(model: Any, plan: SegmentPlan, window: int, reps: list[tuple[np.ndarray, int]],
-                    activations: str = "int8") -> DeviceSegment:
-    """Rebuild in TF, convert with `reps` as representative data, check ops against esp-tflite-micro, load in
+                    activations: str = "int8", clip_percentile: float | None = DEFAULT_CLIP_PERCENTILE
+                    ) -> DeviceSegment:
+    """Rebuild in TF, convert with `reps` as representative data (int8 activation ranges clipped at
+    `clip_percentile`, None: min/max; int16 ones always min/max), check ops against esp-tflite-micro, load in
     TFLM and measure the smallest arena."""
     import time
 
     t0 = time.perf_counter()
     seg = torch_to_tf_segment(model, plan.first_block, plan.last_block, plan.with_front, True, window)
+    pct = clip_percentile if activations == "int8" else None   # 16x8 conversion takes min/max only
     try:
-        data = convert_int8(seg, reps, activations)
+        data = convert_int8(seg, reps, activations, pct)
     except RuntimeError as e:
         if activations == "int16" and "n_frames" in str(e):
             raise Int16Error(
@@ -199,7 +204,7 @@ def convert_segment(model: Any, plan: SegmentPlan, window: int, reps: list[tuple
                     f"{activations} activations)")
     tflm, arena_min, arena = load_quantized(data, plan.name)
     return DeviceSegment(plan, seg, data, tflm, activations, arena_min, arena, tflm.allocations(), uses,
-                         time.perf_counter() - t0)
+                         time.perf_counter() - t0, clip_percentile=pct)
 
 
 def device_program(segments: list[DeviceSegment], subsampling: int = 4) -> DeviceProgram:
@@ -208,8 +213,9 @@ def device_program(segments: list[DeviceSegment], subsampling: int = 4) -> Devic
 
 
 def build_device_segments(model: Any, plans: list[SegmentPlan], calib: CalibrationSet, window: int,
-                          n_reps: int = 32, int16: frozenset[int] = frozenset(),
-                          progress: Any = None) -> tuple[list[DeviceSegment], list[list[StepOutput]]]:
+                          n_reps: int = 32, int16: frozenset[int] = frozenset(), progress: Any = None,
+                          clip_percentile: float | None = DEFAULT_CLIP_PERCENTILE
+                          ) -> tuple[list[DeviceSegment], list[list[StepOutput]]]:
     """The calibration chain. Returns the segments and, per calibration window, the TFLM output of every
     segment (reused for threshold calibration). Segment-major, since segment k+1 is calibrated on segment
     k's outputs; each step is eeasr.device_program's, so the chain is exactly what the device runs."""
@@ -222,10 +228,12 @@ def build_device_segments(model: Any, plans: list[SegmentPlan], calib: Calibrati
         else:
             reps = [(chains[i][-1].real(OUTPUT_HIDDEN), int(calib.n_frames[i])) for i in rep_idx]
         act = "int16" if plan.index in int16 else "int8"
-        seg = convert_segment(model, plan, window, reps, act)
+        seg = convert_segment(model, plan, window, reps, act, clip_percentile)
         if progress:
-            progress(f"{plan.name}: converted ({act}, {len(seg.tflite):,} B, arena {seg.arena_min:,} B) "
-                     f"in {seg.convert_s:.1f} s; running TFLM on {len(calib)} calibration windows")
+            ranges = "min/max" if seg.clip_percentile is None else f"percentile {seg.clip_percentile:g}"
+            progress(f"{plan.name}: converted ({act}, {ranges} ranges, {len(seg.tflite):,} B, arena "
+                     f"{seg.arena_min:,} B) in {seg.convert_s:.1f} s; running TFLM on {len(calib)} calibration "
+                     f"windows")
         stage = seg.stage(segments[-1] if segments else None)
         for i in range(len(calib)):
             if plan.with_front:  # calibration windows are zero past their valid frames, as the device pads

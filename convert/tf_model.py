@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import tensorflow as tf
 
+from eeasr.convert.calibration import DEFAULT_CLIP_PERCENTILE, Reps, clip_ranges
 from eeasr.device_program import INPUT_COUNT, INPUT_FEATS, INPUT_HIDDEN, OUTPUT_HIDDEN, OUTPUT_LOGITS
 
 N_MELS = 80
@@ -327,30 +328,80 @@ def set_full_integer(conv: tf.lite.TFLiteConverter, activations: str = "int8") -
         raise ValueError(f"activations must be int8 or int16, got {activations!r}")
 
 
-def convert_int8(segment: TFSegment, representative: Iterable[tuple[np.ndarray, int]],
-                 activations: str = "int8") -> bytes:
-    """Full-integer int8 TFLite (per-channel weights, int8 input and outputs; `n_frames` stays int32), with the
-    output tensors renamed to the contract's names. `representative` yields (x, n_frames) pairs.
-    `activations="int16"` gives the 16x8 variant instead (int8 weights, int16 activations, inputs, outputs)."""
-    reps = [(np.asarray(x, np.float32), int(n)) for x, n in representative]
-    concrete = segment.fn.get_concrete_function()
+def full_integer_converter(fn: Any, reps: Reps, activations: str = "int8"
+                           ) -> tuple[tf.lite.TFLiteConverter, dict[str, str], list[str]]:
+    """A TFLiteConverter for the tf.function `fn` (fixed input signature) set up for full-integer conversion with
+    `reps` as representative data; also the renames that give its outputs the names of fn's output dict keys,
+    and the input and output names the converted model must carry."""
+    concrete = fn.get_concrete_function()
+    specs = list(fn.input_signature)
+    data = [[np.asarray(a, s.dtype.as_numpy_dtype) for a, s in zip(r, specs)] for r in reps]
     conv = tf.lite.TFLiteConverter.from_concrete_functions([concrete])
-
-    def gen() -> Iterable[list[np.ndarray]]:
-        for x, n in reps:
-            yield [x, np.array([n], np.int32)]
-
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = gen
+    conv.representative_dataset = lambda: iter(data)
     set_full_integer(conv, activations)
     # The converter keeps the input names (the TensorSpec names) but names outputs after the graph's Identity
     # ops; map them back through the concrete function (its outputs follow tf.nest order of the dict keys).
     keys = tf.nest.flatten({k: k for k in concrete.structured_outputs})
-    graph_names = {o.name.split(":")[0]: k for o, k in zip(concrete.outputs, keys)}
+    renames = {o.name.split(":")[0]: k for o, k in zip(concrete.outputs, keys)}
+    return conv, renames, [s.name for s in specs] + keys
+
+
+def calibrate(fn: Any, reps: Reps) -> tuple[bytes, dict[str, str], list[str]]:
+    """The float TFLite model of `fn` with the calibrator's min/max of every activation over `reps` (what the
+    int8 converter quantizes from), its output renames and its input and output names."""
+    conv, renames, io = full_integer_converter(fn, reps)
+    conv._experimental_calibrate_only = True
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return conv.convert(), renames, io
+
+
+def quantize_calibrated(calibrated: bytes, renames: dict[str, str], io: list[str], activations: str = "int8",
+                        denylisted_ops: list[str] | None = None, disable_per_channel: bool = False) -> bytes:
+    """TFLite's MLIR quantizer on a calibrated model (what TFLiteConverter.convert runs after calibration for
+    int8), integer inputs and outputs, outputs renamed; `denylisted_ops` stay float32 (between DEQUANTIZE and
+    QUANTIZE). The quantizer reports its errors on stderr only."""
+    from tensorflow.compiler.mlir.lite import types_pb2
+    from tensorflow.lite.python import convert as tfl_convert
+
+    int16 = activations == "int16"
+    dtype = tf.int16 if int16 else tf.int8
+    q = tfl_convert.mlir_quantize(calibrated, disable_per_channel=disable_per_channel, fully_quantize=True,
+                                  inference_type=types_pb2.QUANTIZED_INT16 if int16 else types_pb2.QUANTIZED_INT8,
+                                  input_data_type=dtype, output_data_type=dtype, denylisted_ops=denylisted_ops)
+    return rename_tensors(q, renames, io)
+
+
+def convert_full_integer(fn: Any, reps: Reps, activations: str = "int8",
+                         clip_percentile: float | None = DEFAULT_CLIP_PERCENTILE) -> bytes:
+    """Full-integer TFLite of the tf.function `fn` (per-channel int8 weights; int8 activations, inputs and
+    outputs, or int16 ones with `activations="int16"`; int32 inputs stay int32), outputs renamed to fn's output
+    dict keys. Activation ranges: min/max over `reps` (clip_percentile None), or clipped at the
+    [100 - p, p] percentiles (convert/calibration.py). int16 activations take min/max only: TensorFlow's 16x8
+    path recalibrates on its own, and 256x finer steps leave little to gain from clipping."""
+    if clip_percentile is not None:
+        if activations != "int8":
+            raise ValueError(f"{activations} activations take min/max ranges (clip_percentile None), not percentiles")
+        calibrated, renames, io = calibrate(fn, reps)
+        return quantize_calibrated(clip_ranges(calibrated, reps, clip_percentile), renames, io)
+    conv, renames, io = full_integer_converter(fn, reps, activations)
     with warnings.catch_warnings():  # "Statistics for quantized inputs were expected": int8 inputs get theirs
         warnings.filterwarnings("ignore", message="Statistics for quantized inputs")  # from calibration
         flat = conv.convert()
-    return rename_tensors(flat, graph_names, segment.input_names + segment.output_names)
+    return rename_tensors(flat, renames, io)
+
+
+def segment_reps(representative: Iterable[tuple[np.ndarray, int]]) -> Reps:
+    """A segment's (x, n_frames) pairs as representative input lists."""
+    return [[np.asarray(x, np.float32), np.array([int(n)], np.int32)] for x, n in representative]
+
+
+def convert_int8(segment: TFSegment, representative: Iterable[tuple[np.ndarray, int]], activations: str = "int8",
+                 clip_percentile: float | None = DEFAULT_CLIP_PERCENTILE) -> bytes:
+    """A segment as full-integer TFLite (convert_full_integer): `representative` yields (x, n_frames) pairs;
+    input and output names are the contract's."""
+    return convert_full_integer(segment.fn, segment_reps(representative), activations, clip_percentile)
 
 
 def rename_tensors(tflite: bytes, renames: dict[str, str], expect_io: list[str]) -> bytes:
@@ -392,7 +443,8 @@ def op_dtypes(tflite: bytes) -> list[tuple[str, str]]:
     return sorted(pairs)
 
 
-__all__ = ["SegmentSpec", "TFSegment", "torch_to_tf_segment", "convert_int8", "set_full_integer", "rename_tensors",
-           "op_dtypes", "front_weights", "block_weights", "sinusoid_positions", "layer_norm", "frame_mask",
-           "conformer_block", "front", "INPUT_FEATS", "INPUT_HIDDEN", "INPUT_COUNT", "OUTPUT_HIDDEN",
+__all__ = ["SegmentSpec", "TFSegment", "torch_to_tf_segment", "convert_int8", "convert_full_integer",
+           "full_integer_converter", "calibrate", "quantize_calibrated", "segment_reps", "set_full_integer",
+           "rename_tensors", "op_dtypes", "front_weights", "block_weights", "sinusoid_positions", "layer_norm",
+           "frame_mask", "conformer_block", "front", "INPUT_FEATS", "INPUT_HIDDEN", "INPUT_COUNT", "OUTPUT_HIDDEN",
            "OUTPUT_LOGITS"]

@@ -1,5 +1,7 @@
 """The bundle `eeasr-host stream` uses when none is named: the bundled default model (models/default) with
-EXITS=2, converted on first use into ~/.cache/eeasr/bundles/<model hash>-k2 and reused after that.
+EXITS=2, converted on first use into ~/.cache/eeasr/bundles/<model hash>-k2 and reused after that, as long as
+its manifest records the conversion options `eeasr-convert` uses by default now (a bundle converted with other
+options, e.g. before a default changed, is converted again).
 
 Conversion runs `eeasr-convert` in a subprocess (it needs the `convert` extra: torch and tensorflow), so the
 host process itself never imports either; its progress lines are passed on as they come.
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from eeasr.bundle import BundleError, load_bundle
+from eeasr.convert.build import ConvertOptions, bundle_options
 from eeasr.paths import default_cache_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,6 +60,19 @@ def recorded_model_hash(model_dir: Path) -> str:
         raise BundleError(f"{path}: not a checkpoint eeasr can read (no model hash); pass --bundle DIR") from None
 
 
+def stale_reason(out: Path, model_hash: str, exits: int) -> str | None:
+    """Why the cached bundle `out` cannot be served for `model_hash` with EXITS=`exits` (None: it can). It must
+    be complete, of this model, and record in its manifest the options `eeasr-convert MODEL --exits K` converts
+    with now (eeasr.convert.build.bundle_options: EXITS, calibration, ...)."""
+    try:
+        b = load_bundle(out, model_hash=model_hash)
+    except BundleError as e:
+        return "first use" if not out.exists() else str(e)
+    if b.manifest.get("options") != bundle_options(ConvertOptions(exits)):
+        return "the cached bundle was converted with other options than eeasr-convert's defaults now"
+    return None
+
+
 def default_bundle(say: Callable[[str], None], model_dir: Path = DEFAULT_MODEL, exits: int = DEFAULT_EXITS) -> Path:
     """The cached bundle of `model_dir` with EXITS=`exits`, converted first when it is missing or stale.
     Raises BundleError with what to do when the model is absent or the converter cannot run."""
@@ -66,16 +82,14 @@ def default_bundle(say: Callable[[str], None], model_dir: Path = DEFAULT_MODEL, 
                           f"(a bundle written by `eeasr-convert`)")
     model_hash = recorded_model_hash(model_dir)
     out = default_cache_dir() / "bundles" / f"{model_hash}-k{exits}"
-    try:
-        load_bundle(out, model_hash=model_hash)
+    why = stale_reason(out, model_hash, exits)
+    if why is None:
         return out
-    except BundleError:
-        pass   # absent, incomplete or stale: convert (again)
     for mod in ("torch", "tensorflow", "tflite_micro", "onnx"):
         if importlib.util.find_spec(mod) is None:
             raise BundleError(f"converting the default model needs the converter ({mod} is not installed): "
                               f"pip install -e '.[convert]' (make setup does), or pass --bundle DIR")
-    say(f"converting the bundled default model for the device (first use; 1-3 minutes): "
+    say(f"converting the bundled default model for the device ({why}; 1-3 minutes): "
         f"eeasr-convert {model_dir} --exits {exits} --out {out}")
     out.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-c", "from eeasr.convert.cli import main; main(prog_name='eeasr-convert')",
@@ -95,4 +109,4 @@ def default_bundle(say: Callable[[str], None], model_dir: Path = DEFAULT_MODEL, 
     return out
 
 
-__all__ = ["default_bundle", "recorded_model_hash", "DEFAULT_MODEL", "DEFAULT_EXITS"]
+__all__ = ["default_bundle", "stale_reason", "recorded_model_hash", "DEFAULT_MODEL", "DEFAULT_EXITS"]

@@ -193,10 +193,11 @@ def stream(wavs: tuple[Path, ...], mic: bool, mic_device: str | None, utterances
 
     The device runs the first layers and answers a window itself when its exit is confident; otherwise its
     best local answer is shown while its hidden state goes to the server, whose answer replaces it. Each line
-    says which exit answered (device exit k / server exit j), the confidence, the latency from the end of the
-    utterance's audio to the text, and the bytes sent upward. When the server is down or slow the device's
-    answer is shown marked as such and the handoff is retried in the background; a device that goes away is
-    reconnected (the simulated one restarted). A summary table ends the run.
+    says which exit answered (device exit k / server exit j, with the decoder the server used: ctc, attention
+    or attention+lm), the confidence, the latency from the end of the utterance's audio to the text, and the
+    bytes sent upward. When the server is down or slow the device's answer is shown marked as such and the
+    handoff is retried in the background; a device that goes away is reconnected (the simulated one
+    restarted). A summary table ends the run.
 
     \b
       eeasr-host stream --wav a.wav b.flac --log results.jsonl

@@ -30,8 +30,9 @@ def fmt_ms(ms: float | None) -> str:
 
 
 def where(r: WindowRecord) -> str:
-    """'device exit 2 (layer 4)' / 'server exit 6 (layer 12)'."""
-    return f"{r.source} exit {r.exit} (layer {r.layer})"
+    """'device exit 2 (layer 4)' / 'server exit 6 (layer 12, ctc)': a server answer says which decoder gave it
+    (ctc, attention, attention+lm); device exits always answer with greedy CTC."""
+    return f"{r.source} exit {r.exit} (layer {r.layer}{', ' + r.decoder if r.source == 'server' else ''})"
 
 
 @dataclass

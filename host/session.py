@@ -51,12 +51,14 @@ class WindowRecord:
     up_bytes: int = 0             # HANDOFF frame bytes sent to the server for this window
     wav: str | None = None
     detail: str | None = None     # why the server did not answer
+    decoder: str = "ctc"          # which decoder answered: device exits greedy CTC; the server says (its "decoder")
 
     def to_json(self) -> dict[str, Any]:
         return {"event": "result", "utt": self.utt, "window": self.window, "source": self.source,
                 "exit": self.exit, "layer": self.layer, "measure": Measure(self.measure).name.lower()
                 if self.measure in Measure._value2member_map_ else self.measure,
-                "confidence": round(float(self.confidence), 6), "text": self.text, "tokens": list(self.tokens),
+                "confidence": round(float(self.confidence), 6), "decoder": self.decoder, "text": self.text,
+                "tokens": list(self.tokens),
                 "latency_ms": None if self.latency_ms is None else round(self.latency_ms, 1),
                 "up_bytes": self.up_bytes, "flags": flag_names(self.flags), "status": self.status,
                 "wav": self.wav, "detail": self.detail}
@@ -327,7 +329,7 @@ class Session:
             flags = ResultFlag.SERVER | (r.flags & ResultFlag.FINAL)
             s = WindowRecord(u.utt, job.window, "server", int(d["exit"]), int(d["layer"]), int(d["measure"]),
                              float(d["confidence"]), list(d["tokens"]), str(d["text"]), flags, "server",
-                             self._latency(u), r.up_bytes, r.wav)
+                             self._latency(u), r.up_bytes, r.wav, decoder=str(d.get("decoder", "ctc")))
             u.windows[job.window] = s
             self.record(s, update=was_fallback)
         elif kind == "unavailable":

@@ -241,3 +241,65 @@ def test_ctc_bundle_keeps_greedy_ctc(small_bundle: Path):
     logp = ServerModel.from_bundle(b)(h[None], np.array([len(h)]))[output_name(last)][0]
     assert (d.decoder, d.measure) == ("ctc", Measure.FRAME_ENTROPY)
     assert d.tokens == greedy_ctc(logp) and d.confidence == pytest.approx(frame_entropy(logp), rel=1e-5)
+
+
+def test_the_stream_shows_and_logs_which_decoder_answered(aed_bundle: Bundle):
+    """`eeasr-host stream`'s session: a handed-off window goes through the real uplink to the real server; the
+    live line and the JSONL log say the server answered with the attention decoder and the LM."""
+    import io
+    import json
+    import time
+
+    from eeasr.host.live import LiveView
+    from eeasr.host.server_client import start_local_server
+    from eeasr.host.session import Session
+    from eeasr.host.uplink import Uplink
+    from eeasr.protocol import Result, ResultFlag
+
+    screen, log = io.StringIO(), io.StringIO()
+    session = Session(aed_bundle, LiveView(out=screen, tty=False), log, {})
+    h = _handoff(aed_bundle, 16, seed=0)
+    with start_local_server(aed_bundle.path, TOKEN) as server, server.client(timeout=60) as client:
+        session.uplink = Uplink(client)
+        u = session.new_utt()
+        session.on_device(Result(h.utt_id, 0, ResultFlag.FINAL | ResultFlag.HANDED_OFF, 2, 2, Measure.FRAME_ENTROPY,
+                                 3.0, [5]), u)
+        session.on_device(h, u)
+        deadline = time.monotonic() + 120
+        while not u.answered and time.monotonic() < deadline:
+            session.drain_outcomes()
+            time.sleep(0.05)
+        session.finish()
+    assert u.answered and u.ended_on == "server"
+    assert "utt 0 win 0  server exit 4 (layer 4, attention+lm)  conf " in screen.getvalue()
+    records = [json.loads(x) for x in log.getvalue().splitlines()]
+    assert [(r["source"], r["status"], r["decoder"]) for r in records] == [("device", "handed_off", "ctc"),
+                                                                         ("server", "server", "attention+lm")]
+
+
+def test_aed_server_cost_bench(aed_bundle: Bundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """bench/aed_server_cost.py on two demo utterances: every decoder the bundle has, timed per window, with
+    its tokens and WER."""
+    import csv
+    import importlib.util
+
+    bench_dir = Path(__file__).parent.parent / "bench"
+    monkeypatch.syspath_prepend(str(bench_dir))       # as when run as a script: its sibling modules import
+    spec = importlib.util.spec_from_file_location("aed_server_cost", bench_dir / "aed_server_cost.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    demo = Path(__file__).parent.parent / "assets" / "demo" / "manifest.jsonl"
+    rows = bench.main(["--bundle", str(aed_bundle.path), "--manifest", str(demo), "--n", "2", "--out",
+                       str(tmp_path), "--no-progress"])
+    assert [r["decoder"] for r in rows] == ["ctc", "attention", "attention+lm"]
+    assert len({r["windows"] for r in rows}) == 1 and rows[0]["windows"] > 0
+    assert len({(r["encoder_p50_ms"], r["encoder_p95_ms"]) for r in rows}) == 1   # one encoder pass, shared
+    for r in rows:
+        assert 0 <= r["decode_p50_ms"] <= r["decode_p95_ms"] and r["total_p50_ms"] >= r["decode_p50_ms"]
+        assert r["tokens_per_window"] >= 0 and r["wer"] is not None
+    ctc, att, _ = rows
+    assert att["decode_p50_ms"] > ctc["decode_p50_ms"]      # a beam search against one argmax per frame
+    assert [r["decoder"] for r in csv.DictReader((tmp_path / "aed_server_cost.csv").open())] == [
+        "ctc", "attention", "attention+lm"]
+    text = (tmp_path / "aed_server_cost.md").read_text()
+    assert "| attention+lm | " in text and "2 of the 11 test utterances" in text

@@ -50,8 +50,10 @@ def converted(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
     write_random_model(d / "ckpt", d_model=32, n_heads=2, ff_dim=64, n_layers=N_LAYERS, exits=[1, 2, 3], vocab=32,
                        window=W, n_calibration=12, seed=1, encoder="i3d",
                        i3d={"predictor": request.param, "inter_ctc": [1, 2], "hidden": 16})
-    bundle = convert_checkpoint(d / "ckpt", d / "bundle", ConvertOptions(exits=2, calibration_windows=8),
-                                log=lambda _: None)
+    # deployment mechanics are under test, not int8 quality: a low head argmax gate keeps the tiny random model's
+    # conversion (percentile-clipped activation ranges) from failing on it; hidden-state cosine is still gated
+    bundle = convert_checkpoint(d / "ckpt", d / "bundle",
+                                ConvertOptions(exits=2, calibration_windows=8, min_agreement=0.5), log=lambda _: None)
     ck = load_checkpoint(d / "ckpt")
     z = np.load(d / "ckpt" / "calibration.npz")
     held_out = [z["feats"][i, :z["n_frames"][i]].astype(np.float32) for i in range(8, 12)]
@@ -153,13 +155,148 @@ def test_broken_gated_manifests_and_other_bundles_are_refused(converted: dict, t
             load_bundle(d)
 
 
+FIRMWARE_MAIN = r"""
+#include <stdio.h>
+#include <string.h>
+int main(void) {
+  _Static_assert(EEASR_MODEL_PROGRAM == EEASR_MODEL_PROGRAM_GATED, "a gated program");
+  _Static_assert(EEASR_MODEL_N_MELS == EEASR_N_MELS && EEASR_MODEL_SAMPLE_RATE == EEASR_SAMPLE_RATE,
+                 "the model's features are not the C front end's");
+  for (int k = 0; k < EEASR_N_SEGMENTS; k++) {
+    const eeasr_segment_t *s = &eeasr_segments[k];
+    unsigned long sum = 0;
+    for (unsigned i = 0; i < s->model_len; i++) sum = sum * 31u + s->model[i];
+    printf("%s %u %lu %d %s %d %.9g %d %.9g %d %d %u\n", s->name, s->model_len, sum, (int)((uintptr_t)s->model % 16),
+           s->role, s->layer, s->in_scale, s->in_zero_point, s->out_scale, s->out_zero_point, s->takes_count,
+           s->arena_bytes);
+  }
+  printf("%s %s %d %d %d %.9g %u %d\n", EEASR_MODEL_HASH, EEASR_BUNDLE_ID, EEASR_MODEL_PREDICTOR,
+         EEASR_DEVICE_LAYERS, EEASR_MODULE_MASK_BITS, EEASR_MODEL_BETA, EEASR_ARENA_BYTES, EEASR_N_OPS);
+  return 0;
+}
+"""
+
+
+def test_firmware_sources_of_the_gated_bundle(converted: dict, tmp_path: Path) -> None:
+    """`make flash` on a gated bundle: its generated header registers every op of every device segment (read
+    from the .tflite files; no segment uses them all) and carries the bundle's hashes and program; the sources
+    compile with -Werror beside eeasr_core's headers and hold every segment byte for byte with the manifest's
+    quantization; and the build-prep step (the generated sources and the model image) accepts the bundle."""
+    import re
+    import subprocess
+
+    from eeasr.convert.esp_ops import RESOLVER_METHOD
+    from eeasr.convert.firmware_flash import write_generated
+    from eeasr.convert.model_image import parse_image
+    from eeasr.convert.tflm import op_uses
+
+    b = converted["bundle"]
+    fw = b.path / "firmware"
+    header = (fw / "eeasr_model_config.h").read_text()
+    ops = {s["name"]: {u.op for u in op_uses(b.segment_bytes(s["name"]))} for s in b.segments}
+    union = set().union(*ops.values())
+    assert all(o < union for o in ops.values())
+    assert sorted(re.findall(r"\(resolver\)\.(\w+)\(\);", header)) == sorted(RESOLVER_METHOD[o] for o in union)
+    assert f"#define EEASR_N_OPS {len(union)}\n" in header
+    assert "firmware" not in b.manifest["device"]      # no stale "none: ..." note
+    assert {f"firmware/eeasr_{s['name']}_model.c" for s in b.segments} <= set(b.manifest["files"])
+
+    gen = write_generated(b, "devkitc-n16r8", tmp_path / "generated")
+    assert (gen / "eeasr_model_config.h").read_text() == header
+    assert parse_image((gen / "eeasr_model.bin").read_bytes()).bundle_id == b.bundle_id
+
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        pytest.skip("gcc is not installed (make apt-deps installs build-essential)")
+    core = Path(__file__).resolve().parent.parent / "firmware" / "components" / "eeasr_core" / "include"
+    main_c = tmp_path / "main.c"
+    main_c.write_text('#include <stdint.h>\n#include "eeasr_model_config.h"\n'
+                      + "".join(f'#include "eeasr_core/{h.name}"\n' for h in sorted((core / "eeasr_core").glob("*.h")))
+                      + FIRMWARE_MAIN)
+    exe = tmp_path / "fw"
+    run = subprocess.run([gcc, "-std=c11", "-Wall", "-Wextra", "-Werror", "-I", str(fw), "-I", str(core), "-o",
+                          str(exe), str(main_c), *map(str, sorted(fw.glob("*.c"))), "-lm"], capture_output=True,
+                         text=True)
+    assert run.returncode == 0, run.stderr
+    lines = subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout.splitlines()
+    assert len(lines) == len(b.segments) + 1
+    for line, s in zip(lines, b.segments):
+        name, n, total, align, role, layer, in_scale, in_zp, out_scale, out_zp, count, arena = line.split()
+        data = b.segment_bytes(s["name"])
+        want = 0
+        for byte in data:
+            want = (want * 31 + byte) % (1 << 64)
+        assert (name, int(n), int(total), int(align), role, int(layer)) == (s["name"], len(data), want, 0, s["role"],
+                                                                            s["layer"])
+        (inp,) = [v for k, v in s["inputs"].items() if k != "n_frames"]
+        (out,) = s["outputs"].values()
+        assert np.float32(float(in_scale)) == np.float32(inp["scale"]) and int(in_zp) == inp["zero_point"]
+        assert np.float32(float(out_scale)) == np.float32(out["scale"]) and int(out_zp) == out["zero_point"]
+        assert bool(int(count)) == ("n_frames" in s["inputs"]) and int(arena) == s["arena"]["bytes"]
+    prog = b.manifest["device"]["program"]
+    model_hash, bid, pred, layers, mask, beta, arena, n_ops = lines[-1].split()
+    assert (model_hash, bid, int(pred), int(layers), int(mask)) == (
+        b.model_hash, b.bundle_id, ["global", "local"].index(converted["kind"]), DEVICE_LAYERS, prog["module_mask"])
+    assert np.float32(float(beta)) == np.float32(prog["beta"]) and int(n_ops) == len(union)
+    assert int(arena) == max(s["arena"]["bytes"] for s in b.segments)
+
+
 def test_other_families_are_refused_in_one_line(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from eeasr.convert.cli import main as cli
+
     write_random_model(tmp_path / "t", d_model=16, n_heads=2, ff_dim=32, n_layers=2, exits=[2], vocab=32, window=W,
                        n_calibration=4, encoder="transformer")
     with pytest.raises(ValueError, match=r"'transformer' models cannot be converted yet; eeasr-convert converts "
                                          r"conformer, conformer-aed, i3d") as e:
         convert_checkpoint(tmp_path / "t", tmp_path / "out", ConvertOptions(exits=1), log=lambda _: None)
     assert "\n" not in str(e.value)
+    res = CliRunner().invoke(cli, ["report", str(tmp_path / "t")])
+    assert res.exit_code == 1 and "'transformer' models cannot be converted yet" in res.output
+
+
+def _k_rows(text: str) -> dict[int, list[str]]:
+    """The report's per-K table of a gated program: K -> its cells."""
+    rows = [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in text.splitlines() if ln.startswith("| ")]
+    return {int(r[0].split()[0]): r for r in rows if r[0][0].isdigit() and "(" in r[0]}
+
+
+def test_report_on_an_i3d_checkpoint_and_on_its_bundle(converted: dict, tmp_path: Path) -> None:
+    """`eeasr-convert report CHECKPOINT` converts every layer as module segments in memory and prices each (the
+    table before converting); on the bundle it reads the manifest's costs. The two agree on the program they
+    share, and a gated program's cost is not cumulative: beta 1 runs front, predictor(s) and head only."""
+    from click.testing import CliRunner
+
+    from eeasr.convert.cli import main as cli
+
+    glob = converted["kind"] == "global"
+    res = CliRunner().invoke(cli, ["report", str(converted["dir"] / "ckpt"), "--calibration-windows", "4",
+                                   "--out", str(tmp_path / "ckpt.md")])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    text = (tmp_path / "ckpt.md").read_text()
+    assert f"every exit on the device ({converted['kind']} gate predictor)" in text
+    gates = ["gate"] if glob else [f"l{i}_gate" for i in range(1, N_LAYERS + 1)]
+    for name in ["front", *gates, *[f"l{i}_{m}" for i in range(1, N_LAYERS + 1) for m in ("mha", "ffn")], "head"]:
+        assert f"| {name} |" in text, name
+    k_rows = _k_rows(text)
+    assert sorted(k_rows) == [1, 2, 3]           # one program per exit (after layers 1, 2, 3)
+    n_segments = [int(k_rows[k][1]) for k in (1, 2, 3)]
+    assert n_segments == ([5, 7, 9] if glob else [5, 8, 11])   # + 2 modules (and a local predictor) per layer
+    every = [int(k_rows[k][4].replace(",", "")) for k in (1, 2, 3)]
+    none = [int(k_rows[k][5].replace(",", "")) for k in (1, 2, 3)]
+    assert every[0] < every[1] < every[2]
+    # beta 1 runs no module: a global predictor's program costs the same at every K, a local one adds its predictor
+    assert (none[0] == none[1] == none[2]) if glob else (none[0] < none[1] < none[2])
+    modules = [e - n for e, n in zip(every, none)]
+    assert modules == [modules[0], 2 * modules[0], 3 * modules[0]]    # equal layers: equal modules per layer
+    res = CliRunner().invoke(cli, ["report", str(converted["dir"] / "bundle"), "--out", str(tmp_path / "b.md")])
+    assert res.exit_code == 0, res.output
+    b_rows = _k_rows((tmp_path / "b.md").read_text())
+    assert list(b_rows) == [DEVICE_LAYERS]
+    # the same segments of the same shapes as the checkpoint's program K = 2: the same MACs at beta 0 and 1
+    got, want = b_rows[DEVICE_LAYERS], k_rows[DEVICE_LAYERS]
+    assert got[1] == want[1] and got[4:6] == want[4:6]
 
 
 # ---- gates: int8 vs float -------------------------------------------------------------------------------------
