@@ -387,7 +387,7 @@ def i3d_compare(sweeps: tuple[str, ...], statics: tuple[Path, ...], pruned_csv: 
         points.append((float(ck.cfg.model.n_layers), w, run.name))
         click.echo(f"{run.name}: {ck.cfg.model.n_layers} layers, WER {w:.1f}%")
     if points:
-        curves.append(Curve("standard Transformer", points))
+        curves.append(Curve("standard Transformer", points, line=False))
     if not curves:
         raise click.UsageError("nothing to compare: give --sweep, --static or --pruned")
     files = write_comparison(curves, out, f"WER vs layers ({split}{f', first {limit}' if limit else ''})")

@@ -147,6 +147,9 @@ def write_gate_report(rep: GateReport, out: Path, title: str,
     return [out / n for n in ("sweep.csv", "gates.csv", "utts.csv", "sweep.png", "gates.png", "lengths.png")]
 
 
+WER_AXIS_CAP = 100.0  # the comparison plot's top: points above it are listed, not drawn
+
+
 @dataclass
 class Curve:
     """One model family on the WER-vs-layers plot: a line of points (an I3D sweep over beta, a pruning path) or
@@ -173,7 +176,14 @@ def write_comparison(curves: Sequence[Curve], out: Path, title: str) -> list[Pat
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for c in curves:
         pts = sorted(c.points)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "-o" if c.line else "s", markersize=4, label=c.label)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "-o" if c.line else "s", markersize=4 if c.line else 8,
+                label=c.label)
+    # Degenerate points (e.g. beta = 1: no module runs, WER far above 100) would flatten the curves that matter.
+    wers = [y for c in curves for _, y, _ in c.points]
+    if max(wers) > WER_AXIS_CAP:
+        ax.set_ylim(min(wers) - 2, WER_AXIS_CAP)
+        ax.text(0.02, 0.98, f"{sum(w > WER_AXIS_CAP for w in wers)} point(s) above {WER_AXIS_CAP:g}% WER off the "
+                "plot (compare.csv has them)", transform=ax.transAxes, va="top", fontsize=7)
     ax.set_xlabel("average number of layers ((MHA + FFN modules) / 2)")
     ax.set_ylabel("WER (%)")
     ax.set_title(title)
