@@ -66,6 +66,24 @@ def bundle_options(opts: ConvertOptions) -> dict[str, Any]:
             "lm": None if opts.lm is None else str(opts.lm), "lm_weight": opts.lm_weight}
 
 
+def device_checks(opts: ConvertOptions, t_valid: list[int]) -> dict[str, Any]:
+    """The manifest's device entries every family writes: op table, agreement gate, cost assumptions."""
+    from eeasr.convert.cost import Assumptions
+    from eeasr.convert.esp_ops import ESP_NN_VERSION, ESP_TFLITE_MICRO_COMMIT, ESP_TFLITE_MICRO_VERSION
+
+    return {"op_table": {"esp_tflite_micro": ESP_TFLITE_MICRO_VERSION, "commit": ESP_TFLITE_MICRO_COMMIT,
+                         "esp_nn": ESP_NN_VERSION},
+            "agreement_gate": {"min_hidden_cosine": opts.min_cosine, "min_argmax_agreement": opts.min_agreement,
+                               "t_valid": t_valid},
+            "cost_assumptions": Assumptions().notes()}
+
+
+def manifest_tail(exits: Any, thresholds: Any, server: Any, opts: ConvertOptions) -> dict[str, Any]:
+    """The manifest's last sections, the same for every family: exits, thresholds, server, toolchain, options."""
+    return {"exits": exits, "thresholds": thresholds, "server": server, "toolchain": _versions(),
+            "options": bundle_options(opts)}
+
+
 def _versions() -> dict[str, str]:
     out = {}
     for pkg in ("eeasr", "torch", "tensorflow-cpu", "tflite-micro", "ai-edge-litert", "onnx", "onnxruntime"):
@@ -125,8 +143,6 @@ def convert_checkpoint(checkpoint: Path, out: Path, opts: ConvertOptions, log: L
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from eeasr.convert.bundle import bundle_id, model_sections, prepare_out, write_bundle
     from eeasr.convert.csource import write_firmware
-    from eeasr.convert.esp_ops import ESP_NN_VERSION, ESP_TFLITE_MICRO_COMMIT, ESP_TFLITE_MICRO_VERSION
-    from eeasr.convert.cost import Assumptions
     from eeasr.convert.segments import eval_windows, gate_agreement, measure_agreement
     from eeasr.device_program import OUTPUT_HIDDEN, OUTPUT_LOGITS
     from eeasr.train.checkpoint import load_checkpoint
@@ -283,17 +299,9 @@ def convert_checkpoint(checkpoint: Path, out: Path, opts: ConvertOptions, log: L
                         "steps": [{"segment": s.name, "decision": {"type": "exit", "exit": s.plan.exit_index}}
                                   for s in segments],
                         "after_last_step": "handoff"},
-            "op_table": {"esp_tflite_micro": ESP_TFLITE_MICRO_VERSION, "commit": ESP_TFLITE_MICRO_COMMIT,
-                         "esp_nn": ESP_NN_VERSION},
-            "agreement_gate": {"min_hidden_cosine": opts.min_cosine, "min_argmax_agreement": opts.min_agreement,
-                               "t_valid": sorted({t for t, _ in windows})},
-            "cost_assumptions": Assumptions().notes(),
+            **device_checks(opts, sorted({t for t, _ in windows})),
         },
-        "exits": exits,
-        "thresholds": thresholds,
-        "server": server_entry,
-        "toolchain": _versions(),
-        "options": bundle_options(opts),
+        **manifest_tail(exits, thresholds, server_entry, opts),
     }
     tflite_by_name = {s.name: s.tflite for s in segments}
 

@@ -532,11 +532,9 @@ def convert_i3d(ck: Any, checkpoint: Path, out: Path, opts: Any, log: Log = prin
                 t_start: float | None = None) -> Bundle:
     """`eeasr-convert CHECKPOINT --exits K` for an I3D checkpoint (ck: a loaded eeasr.train.checkpoint); raises
     AgreementError, UnsupportedOpError, ServerCheckError, TFLMError, ValueError with what went wrong."""
-    from eeasr.convert.build import _versions, bundle_options
+    from eeasr.convert.build import device_checks, manifest_tail
     from eeasr.convert.bundle import bundle_id, model_sections, write_bundle
-    from eeasr.convert.cost import Assumptions
     from eeasr.convert.csource import write_firmware
-    from eeasr.convert.esp_ops import ESP_NN_VERSION, ESP_TFLITE_MICRO_COMMIT, ESP_TFLITE_MICRO_VERSION
     from eeasr.convert.thresholds import calibrate
     from eeasr.server_model import SERVER_INPUT_HIDDEN, SERVER_INPUT_LENGTHS, ServerModel, output_name
 
@@ -646,19 +644,12 @@ def convert_i3d(ck: Any, checkpoint: Path, out: Path, opts: Any, log: Log = prin
             "handoff": {"from": "head.hidden_in", "layer": L, **head_q.to_dict(),
                         "shape": ["valid encoder frames", cfg.d_model]},
             "program": prog,
-            "op_table": {"esp_tflite_micro": ESP_TFLITE_MICRO_VERSION, "commit": ESP_TFLITE_MICRO_COMMIT,
-                         "esp_nn": ESP_NN_VERSION},
             "agreement": agreement,
-            "agreement_gate": {"min_hidden_cosine": opts.min_cosine, "min_argmax_agreement": opts.min_agreement,
-                               "t_valid": sorted({tv for tv, _ in windows}), "gates": "float gates forced"},
-            "cost_assumptions": Assumptions().notes(),
+            **device_checks(opts, sorted({tv for tv, _ in windows})),
         },
-        "exits": exits,
-        "thresholds": thresholds,
-        "server": server_entry,
-        "toolchain": _versions(),
-        "options": bundle_options(opts),
+        **manifest_tail(exits, thresholds, server_entry, opts),
     }
+    manifest["device"]["agreement_gate"]["gates"] = "float gates forced"
     manifest["model"]["i3d"] = {"predictor": cfg.i3d.predictor, "hidden": cfg.i3d.hidden, "beta": beta}
     timings["total_before_write"] = time.perf_counter() - t_start
     manifest["timings_s"] = {n: round(v, 2) for n, v in timings.items()}
