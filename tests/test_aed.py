@@ -2,6 +2,7 @@
 the beam search and its N-best posterior, and real training on tiny data through `fit`, `train_lm` and `eval-aed`."""
 
 import csv
+import dataclasses
 import itertools
 import math
 from pathlib import Path
@@ -20,7 +21,7 @@ from eeasr.train.cli import main as cli
 from eeasr.train.config import config_from_dict, load_config
 from eeasr.train.dataset import Batch
 from eeasr.train.lm import LanguageModel, LMConfig, load_lm, load_lm_config, perplexity, train_lm
-from eeasr.train.model import build_model, valid_mask
+from eeasr.train.model import build_model, init_model_config, valid_mask
 from eeasr.train.trainer import fit
 
 V = 20  # CTC units of the hand-built models below (blank + 19)
@@ -197,6 +198,29 @@ def test_recipes_build():
     assert len(m.decoders[0].layers) == 4 and m.decoders[0].out.out_features == 257 + 2
     lm = load_lm_config(Path(__file__).resolve().parent.parent / "configs" / "lm.yaml")
     assert lm.vocab == cfg.data.vocab
+
+
+def test_aed_fine_tunes_a_trained_conformer_ctc_with_fresh_decoders():
+    """configs/aed.yaml starts from the trained default Conformer-CTC: encoder and CTC heads load, decoders stay
+    fresh, and until training moves them the CTC exits are the Conformer's."""
+    aed = _model()
+    torch.manual_seed(3)
+    base_cfg = config_from_dict({"model": {**TINY, "encoder": "conformer", "d_model": 32, "ff_dim": 64,
+                                           "conv_kernel": 5, "vocab_size": V}}).model
+    base = build_model(base_cfg).eval()
+    assert init_model_config(aed.cfg, base_cfg) == dataclasses.replace(aed.cfg, vocab_size=V)
+    fresh = {k: v.clone() for k, v in aed.state_dict().items() if k.startswith("decoders.")}
+    missing, unexpected = aed.load_base_state(base.state_dict())
+    assert sorted(missing) == sorted(fresh) and fresh and unexpected == []
+    assert all(torch.equal(v, fresh[k] if k in fresh else base.state_dict()[k]) for k, v in aed.state_dict().items())
+    b = _batch([[1, 2]], [40])
+    with torch.no_grad():
+        for a, c in zip(aed(b.feats, b.n_frames)[0], base(b.feats, b.n_frames)[0]):
+            assert torch.equal(a, c)
+    with pytest.raises(ValueError, match="blocks.1"):  # an encoder weight missing is an error, nothing loaded
+        aed.load_base_state({k: v for k, v in base.state_dict().items() if not k.startswith("blocks.1.")})
+    with pytest.raises(ValueError, match="transformer"):
+        init_model_config(aed.cfg, dataclasses.replace(base_cfg, encoder="transformer"))
 
 
 # --- real training on a handful of utterances -------------------------------------------------------------------

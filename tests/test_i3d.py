@@ -16,9 +16,9 @@ from eeasr.tokenizer import Tokenizer
 from eeasr.train.config import I3DConfig, ModelConfig, config_from_dict, load_config
 from eeasr.train.data.cache import FeatureSet
 from eeasr.train.dataset import Batch, Utterances
-from eeasr.train.i3d import (FFN, MHA, I3DTransformer, TransformerCTC, init_model_config, module_macs,
+from eeasr.train.i3d import (FFN, MHA, I3DTransformer, TransformerCTC, module_macs,
                              utility_loss)
-from eeasr.train.model import ENCODERS, build_model
+from eeasr.train.model import ENCODERS, build_model, init_model_config
 from eeasr.train.prune import prune_path, pruned
 from eeasr.train.trainer import evaluate_greedy
 
@@ -124,7 +124,7 @@ def test_i3d_initializes_from_a_transformer_with_fresh_gate_predictors():
     assert cfg.i3d == recipe.i3d
     i3d = I3DTransformer(cfg).eval()
     fresh = {k: v.clone() for k, v in i3d.state_dict().items() if k.startswith("gate_predictors.")}
-    missing, unexpected = i3d.load_transformer_state(t.state_dict())
+    missing, unexpected = i3d.load_base_state(t.state_dict())
     assert sorted(missing) == sorted(fresh) and fresh and unexpected == []
     for k, v in i3d.state_dict().items():
         assert torch.equal(v, fresh[k] if k in fresh else t.state_dict()[k]), k
@@ -135,7 +135,7 @@ def test_i3d_initializes_from_a_transformer_with_fresh_gate_predictors():
     # Anything but gate predictors missing is an error, raised before anything is loaded.
     partial = {k: v * 0 for k, v in t.state_dict().items() if not k.startswith("layers.1.ffn")}
     with pytest.raises(ValueError, match="layers.1.ffn"):
-        i3d.load_transformer_state(partial)
+        i3d.load_base_state(partial)
     assert torch.equal(i3d.layers[0].attn.q.weight, t.layers[0].attn.q.weight)
     with pytest.raises(ValueError, match="conformer"):
         init_model_config(recipe, ModelConfig())
@@ -266,12 +266,14 @@ def test_iterative_pruning_removes_the_least_harmful_layer_each_step(memorized):
 
 def test_recipes_load_and_build():
     built = {}
-    for name in ("transformer", "transformer-L4", "transformer-L8", "transformer-layerdrop", "i3d-lgp", "i3d-ggp"):
+    for name in ("transformer", "transformer-L4", "transformer-L8", "transformer-layerdrop", "i3d-lgp", "i3d-ggp",
+                 "i3d-ggp-ictc"):
         cfg = load_config(CONFIGS / f"{name}.yaml")
         cfg.model.vocab_size = 257
         if cfg.model.encoder == "i3d":  # the shape comes from the Transformer run it starts from
-            assert cfg.init.endswith("runs/transformer")
-            base = load_config(CONFIGS / "transformer.yaml").model
+            init = cfg.init.rsplit("/", 1)[1]
+            assert init in ("transformer", "transformer-layerdrop")
+            base = load_config(CONFIGS / f"{init}.yaml").model
             cfg.model = init_model_config(cfg.model, dataclasses.replace(base, vocab_size=257))
         built[name] = build_model(cfg.model)
     assert type(built["transformer"]) is TransformerCTC and len(built["transformer"].layers) == 12
@@ -281,8 +283,10 @@ def test_recipes_load_and_build():
     assert built["i3d-lgp"].cfg.i3d.predictor == "local" and len(built["i3d-lgp"].gate_predictors) == 12
     assert built["i3d-ggp"].cfg.i3d.predictor == "global" and len(built["i3d-ggp"].gate_predictors) == 1
     # The i3d models hold the Transformer's weights plus the gate predictors, nothing else.
-    t_keys = set(built["transformer"].state_dict())
-    for name in ("i3d-lgp", "i3d-ggp"):
+    assert built["i3d-ggp-ictc"].exit_layers == [3, 6, 9, 12]
+    for name, base in (("i3d-lgp", "transformer"), ("i3d-ggp", "transformer"),
+                       ("i3d-ggp-ictc", "transformer-layerdrop")):
+        t_keys = set(built[base].state_dict())
         extra = set(built[name].state_dict()) - t_keys
         assert set(built[name].state_dict()) >= t_keys and all(k.startswith("gate_predictors.") for k in extra)
 

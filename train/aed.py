@@ -225,6 +225,9 @@ class _BeamDecoder:
 class EarlyExitConformerAED(EarlyExitConformer):
     """EarlyExitConformer (encoder and CTC heads) plus a TransformerDecoder per exit (cfg.aed)."""
 
+    init_bases = ("conformer",)   # can fine-tune a trained early-exit Conformer-CTC; the decoders start fresh
+    fresh_prefixes = ("decoders.",)
+
     def __init__(self, cfg: ModelConfig, n_mels: int = 80) -> None:
         super().__init__(cfg, n_mels)
         a = cfg.aed

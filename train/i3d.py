@@ -27,7 +27,6 @@ evaluation read the exits from there. Per-exit weights (cfg.optim.exit_weights) 
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
@@ -41,7 +40,6 @@ from eeasr.train.model import ENCODERS, FeedForward, Front, Recognizer, SelfAtte
 if TYPE_CHECKING:
     from eeasr.train.dataset import Batch
 
-GATE_PREFIX = "gate_predictors."  # state-dict keys an I3D model has and a Transformer lacks
 MHA, FFN = 0, 1                   # module index in the last axis of gates and probabilities
 
 
@@ -218,6 +216,9 @@ class I3DTransformer(TransformerCTC):
     `beta` (from cfg.i3d.beta) is the inference threshold; set the attribute or pass `beta=` to `gated`.
     """
 
+    init_bases = ("transformer",)           # fine-tuned from a trained Transformer; the gate predictors start fresh
+    fresh_prefixes = ("gate_predictors.",)
+
     def __init__(self, cfg: ModelConfig, n_mels: int = 80) -> None:
         super().__init__(cfg, n_mels)
         g = cfg.i3d
@@ -287,34 +288,10 @@ class I3DTransformer(TransformerCTC):
         terms["utility"] = self.cfg.i3d.lam * utility_loss(gates, costs)
         return terms
 
-    def load_transformer_state(self, state: dict[str, Tensor]) -> tuple[list[str], list[str]]:
-        """Load a trained Transformer's (or I3D's) weights; gate predictors it lacks keep their fresh init.
-
-        Returns (missing, unexpected) keys. Any missing key outside the gate predictors is an error (raised before
-        anything is loaded); unexpected keys are ignored and reported."""
-        own = self.state_dict()
-        missing = [k for k in own if k not in state]
-        wrong = [k for k in missing if not k.startswith(GATE_PREFIX)]
-        if wrong:
-            raise ValueError(f"the init model lacks {len(wrong)} weight(s) outside the gate predictors, e.g. "
-                             f"{', '.join(wrong[:4])}: it is not a Transformer of this shape")
-        unexpected = [k for k in state if k not in own]
-        self.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
-        return missing, unexpected
-
-
-def init_model_config(recipe: ModelConfig, init: ModelConfig) -> ModelConfig:
-    """The model config of an I3D run initialized from a trained Transformer (or I3D) run: the recipe's family and
-    i3d settings, the init run's shape."""
-    if init.encoder not in ("transformer", "i3d"):
-        raise ValueError(f"an i3d run initializes from a transformer or i3d run, not {init.encoder!r}")
-    return dataclasses.replace(recipe, d_model=init.d_model, n_heads=init.n_heads, ff_dim=init.ff_dim,
-                               n_layers=init.n_layers, vocab_size=init.vocab_size, subsampling=init.subsampling)
-
 
 ENCODERS.update(transformer=TransformerCTC, i3d=I3DTransformer)  # the one registry (train/model.py)
 
 
 __all__ = ["TransformerLayer", "CTCHead", "GatePredictor", "TransformerCTC", "I3DTransformer", "GatedOutput",
-           "exit_layers", "module_macs", "utility_loss", "key_bias", "init_model_config", "MHA", "FFN"]
+           "exit_layers", "module_macs", "utility_loss", "key_bias", "MHA", "FFN"]
 

@@ -12,6 +12,7 @@ device program is the blocks between exit k-1 and exit k plus exit k's head (seg
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import TYPE_CHECKING, Callable
 
@@ -197,6 +198,25 @@ class Recognizer(nn.Module):
     """
 
     exits: nn.ModuleList
+    # Fine-tuning from a trained run of a base family (TrainConfig.init): the families whose checkpoints can start
+    # this one, and the state-dict prefixes this family adds to them (those start fresh). Empty: only its own.
+    init_bases: tuple[str, ...] = ()
+    fresh_prefixes: tuple[str, ...] = ()
+
+    def load_base_state(self, state: dict[str, Tensor]) -> tuple[list[str], list[str]]:
+        """Load a trained base model's weights (`init_bases`); the weights this family adds keep their fresh init.
+
+        Returns (missing, unexpected) keys. Any missing key outside `fresh_prefixes` is an error (raised before
+        anything is loaded); unexpected keys are ignored and reported."""
+        own = self.state_dict()
+        missing = [k for k in own if k not in state]
+        wrong = [k for k in missing if not k.startswith(self.fresh_prefixes or ("\0",))]
+        if wrong:
+            raise ValueError(f"the init model lacks {len(wrong)} weight(s) this family does not add, e.g. "
+                             f"{', '.join(wrong[:4])}: it is not a {'/'.join(self.init_bases)} of this shape")
+        unexpected = [k for k in state if k not in own]
+        self.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+        return missing, unexpected
 
     def loss_names(self) -> list[str]:
         """The keys `loss_terms` returns, in order (the training log's columns)."""
@@ -250,6 +270,21 @@ ENCODERS: dict[str, type[Recognizer]] = {"conformer": EarlyExitConformer}
 import eeasr.train.i3d  # noqa: E402,F401  "transformer", "i3d"
 import eeasr.train.aed  # noqa: E402,F401  "conformer-aed"
 import eeasr.train.wav2vec2  # noqa: E402,F401  "wav2vec2" (imports transformers only when built)
+
+
+def init_model_config(recipe: ModelConfig, init: ModelConfig) -> ModelConfig:
+    """The model config of a run fine-tuned from a trained run (TrainConfig.init). A family that extends the init
+    run's (its `init_bases`: I3D on a Transformer, Conformer-AED on a Conformer) keeps the recipe's family and
+    settings and takes the init run's shape; any other recipe continues the init run's model as it is."""
+    bases = ENCODERS[recipe.encoder].init_bases if recipe.encoder in ENCODERS else ()
+    if not bases:
+        return init
+    if init.encoder not in bases + (recipe.encoder,):
+        raise ValueError(f"a {recipe.encoder} run initializes from a {' or '.join(bases + (recipe.encoder,))} run, "
+                         f"not {init.encoder!r}")
+    return dataclasses.replace(recipe, d_model=init.d_model, n_heads=init.n_heads, ff_dim=init.ff_dim,
+                               n_layers=init.n_layers, vocab_size=init.vocab_size, subsampling=init.subsampling,
+                               conv_kernel=init.conv_kernel)
 
 
 def build_model(cfg: ModelConfig, n_mels: int = 80) -> Recognizer:

@@ -30,9 +30,8 @@ from eeasr.train.checkpoint import load_checkpoint, save_model
 from eeasr.train.config import TrainConfig, load_config, save_config
 from eeasr.train.data.cache import CacheConfig, build_cache, load_split
 from eeasr.train.dataset import Batch, Utterances, bucket_batches, spec_augment
-from eeasr.train.i3d import I3DTransformer, init_model_config
 from eeasr.train.loop import CsvLog, StepOut, TrainLoop, corpus_manifest, device, warmup_cosine
-from eeasr.train.model import build_model, count_parameters
+from eeasr.train.model import build_model, count_parameters, init_model_config
 
 BUCKET = 100  # padded lengths are rounded up to a multiple of this (few shapes to compile)
 
@@ -48,9 +47,8 @@ def prepare_run(cfg: TrainConfig, out: Path) -> tuple[Path, Tokenizer]:
         for name in ("tokenizer.model", "norm.json"):
             if not (out / name).exists():
                 shutil.copy(init / name, out / name)
-        init_model = load_config(init / "config.yaml").model
-        # I3D fine-tunes a trained Transformer: its own family and gate settings, the init run's shape.
-        cfg.model = init_model_config(cfg.model, init_model) if cfg.model.encoder == "i3d" else init_model
+        # A family extending the init run's (I3D, Conformer-AED) keeps its own settings and takes the init's shape.
+        cfg.model = init_model_config(cfg.model, load_config(init / "config.yaml").model)
     if not (out / "tokenizer.model").exists():
         texts = [u.text for u in iter_manifest(manifest) if u.split == "train"]
         Tokenizer.train(texts, out / "tokenizer.model", vocab_size=cfg.data.vocab)
@@ -138,8 +136,8 @@ def fit(cfg: TrainConfig, out: Path | None = None, compile_model: bool | None = 
                      save_every=cfg.save_every_steps, progress=progress)
     if cfg.init and not loop.checkpoints():
         init_state = load_checkpoint(cfg.init).model.state_dict()
-        if isinstance(model, I3DTransformer):
-            fresh, unused = model.load_transformer_state(init_state)  # the gate predictors start fresh
+        if model.init_bases:
+            fresh, unused = model.load_base_state(init_state)  # what the family adds to its base starts fresh
             if progress:
                 print(f"initialized from {cfg.init}; newly initialized: {_key_groups(fresh)}; "
                       f"unused: {_key_groups(unused)}")
