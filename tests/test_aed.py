@@ -273,12 +273,22 @@ def test_tiny_aed_overfits_and_decodes_through_eval_aed(runs: tuple[Path, Path],
 
     out = tmp_path / "aed.md"
     res = CliRunner().invoke(cli, ["eval-aed", str(aed), "--lm", str(lm_run), "--ctc", str(aed), "--split", "train",
-                                   "--manifest", str(handful / "manifest.jsonl"), "--beam", "4", "--out", str(out)])
+                                   "--manifest", str(handful / "manifest.jsonl"), "--beam", "4", "--out", str(out),
+                                   "--sweep", str(tmp_path / "sweep")])
     assert res.exit_code == 0, res.output
     table = out.read_text()
     assert "attention + LM WER %" in table and "CTC model: beam WER %" in table
     rows = [line for line in table.splitlines() if line.startswith("| 1 (2)") or line.startswith("| 2 (4)")]
     assert len(rows) == 2 and rows[1].split("|")[3].strip() == "0.0"
+    # Exit selection by the attention N-best posterior: at the lowest observed value every window answers at exit 1,
+    # with that exit's attention beam text.
+    sweep = list(csv.DictReader((tmp_path / "sweep" / "sweep.csv").open()))
+    post = [r for r in sweep if r["measure"] == "posterior"]
+    assert {r["measure"] for r in sweep} == {"entropy", "nonblank_entropy", "posterior"} and post
+    assert (tmp_path / "sweep" / "sweep.png").stat().st_size > 0
+    lowest = min(post, key=lambda r: float(r["threshold"]))
+    assert float(lowest["avg_exit_layer"]) == 2.0
+    assert float(lowest["wer"]) == pytest.approx(wer(refs, aed_texts(results, 0, "beam")))
 
 
 def test_lm_trains_down_and_rescoring_prefers_what_it_learned(runs: tuple[Path, Path], handful: Path):

@@ -242,11 +242,16 @@ def finetune(corpus: Path, init: Path, out: Path, epochs: int, lr: float) -> Non
 @click.option("--beam", type=int, default=10, help="Attention beam width (and N of the N-best).")
 @click.option("--limit", type=int, default=None, help="Score only the first N utterances.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Write the table here as Markdown.")
+@click.option("--sweep", "sweep_dir", type=click.Path(path_type=Path), default=None,
+              help="Also sweep exit selection here (sweep.csv, sweep.png; Fig. 3 shape): CTC entropy measures "
+                   "answer with the exit's CTC greedy text, the sentence posterior (Eq. 6) of the attention N-best "
+                   "with its attention beam text.")
 def eval_aed(run: Path, lm_run: Path | None, lm_weight: float, ctc_run: Path | None, manifest: Path | None,
-             split: str, beam: int, limit: int | None, out: Path | None) -> None:
+             split: str, beam: int, limit: int | None, out: Path | None, sweep_dir: Path | None) -> None:
     """WER of every exit of a Conformer-AED run: CTC greedy, attention beam search, the N-best rescored by an LM."""
     from eeasr.train.aed import aed_wer_table, evaluate_aed
     from eeasr.train.evaluate import run as run_eval
+    from eeasr.train.evaluate import sweep, write_sweep
     from eeasr.train.lm import load_lm
 
     ck = _load(run)
@@ -265,6 +270,11 @@ def eval_aed(run: Path, lm_run: Path | None, lm_weight: float, ctc_run: Path | N
     text += f"; CTC model {ctc_run.name}" if ctc_run else ""
     text += "\n\n" + aed_wer_table(results, ck.cfg.model.exits, ctc, ctc_layers)
     _report(text, skipped, out)
+    if sweep_dir:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        write_sweep(sweep(results, ck.cfg.model.exits), sweep_dir / "sweep.csv", sweep_dir / "sweep.png",
+                    f"{run.name}: exit selection on {split}")
+        click.echo(f"{sweep_dir / 'sweep.png'}")
 
 
 @main.command()
