@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import csv
 import os
-import random
 import sys
 import time
 from dataclasses import dataclass, field
@@ -36,13 +35,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from report import parser, save_figure  # noqa: E402
+from testset import add_subset_args, choose, fit_budget  # noqa: E402
 
 from eeasr.audio import AudioError, load_audio  # noqa: E402
 from eeasr.bundle import MANIFEST, Bundle, BundleError, load_bundle  # noqa: E402
 from eeasr.device_program import DeviceProgram  # noqa: E402
 from eeasr.exits import greedy_ctc  # noqa: E402
 from eeasr.features import log_mel  # noqa: E402
-from eeasr.manifest import Utterance, read_manifest  # noqa: E402
+from eeasr.manifest import Utterance  # noqa: E402
 from eeasr.metrics import _counts, wer  # noqa: E402
 from eeasr.paths import default_cache_dir  # noqa: E402
 from eeasr.windows import frame_energy, window_spans  # noqa: E402
@@ -204,17 +204,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="model directory (default: models/default)")
     ap.add_argument("--bundle", type=Path, default=None,
                     help="bundle with every exit on the device (default: convert into ~/.cache/eeasr/bundles/)")
-    ap.add_argument("--manifest", type=Path, default=None,
-                    help="corpus manifest (default: ~/.cache/eeasr/corpus/manifest.jsonl)")
-    ap.add_argument("--split", default="test", help="manifest split to score (default: %(default)s)")
-    ap.add_argument("--limit", type=int, default=None, metavar="N",
-                    help="score a fixed seeded subset of N utterances (default: all, unless over --budget-min)")
-    ap.add_argument("--budget-min", type=float, default=25.0, metavar="MIN",
-                    help="without --limit: when the estimated int8 pass exceeds MIN minutes of CPU, score "
-                         "--fallback-limit utterances instead (default: %(default)g)")
-    ap.add_argument("--fallback-limit", type=int, default=300, metavar="N",
-                    help="subset size when over the budget (default: %(default)d)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the subset and the bootstrap (default: 0)")
+    add_subset_args(ap, budget_min=25.0, seed_help="seed of the subset and the bootstrap")
     ap.add_argument("--batch-frames", type=int, default=24000,
                     help="feature frames per float batch (default: %(default)d)")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default: 1)")
@@ -236,20 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     t_start = time.perf_counter()  # the scoring, without the conversion
     cpu_start = time.process_time()
     program = DeviceProgram.from_bundle(bundle)
-    manifest = args.manifest or default_cache_dir() / "corpus" / "manifest.jsonl"
-    utts = [u for u in read_manifest(manifest) if u.split == args.split]
-    if not utts:
-        raise SystemExit(f"{manifest} has no {args.split!r} utterances")
-    n_all = len(utts)
-
-    def subset(n: int) -> list[Utterance]:
-        keep = set(random.Random(args.seed).sample(range(len(utts)), min(n, len(utts))))
-        return [u for i, u in enumerate(utts) if i in keep]
-
-    subset_note = f"all {n_all} {args.split} utterances"
-    if args.limit is not None:
-        utts = subset(args.limit)
-        subset_note = f"a fixed subset of {len(utts)} of the {n_all} {args.split} utterances (--limit, seed {args.seed})"
+    all_utts, utts, subset_note = choose(args)
     items, skipped = load_items(ck, utts, args.progress)
     for s in skipped:
         log(f"skipped: {s}")
@@ -265,13 +242,12 @@ def main(argv: list[str] | None = None) -> None:
     estimate_min = n_windows * per_window / 60
     log(f"TFLM: {per_window:.3f} s CPU ({wall_per_window:.3f} s wall) per window ({len(program.stages)} segments); "
         f"{n_windows} windows of {len(items)} utterances -> about {estimate_min:.1f} min of CPU for the int8 pass")
-    if args.limit is None and estimate_min > args.budget_min:
-        keep = {u.id for u in subset(args.fallback_limit)}
-        items = [it for it in items if it.utt.id in keep]
+    items, over = fit_budget(args, all_utts, items, estimate_min,
+                             f"{estimate_min:.0f} min of TFLM CPU time ({per_window:.2f} s per window x {n_windows} "
+                             f"windows)")
+    if over:
+        subset_note = over
         n_sub = sum(len(it.windows) for it in items)
-        subset_note = (f"a fixed subset of {len(items)} of the {n_all} {args.split} utterances (seed {args.seed}): "
-                       f"the full set was estimated at {estimate_min:.0f} min of TFLM CPU time ({per_window:.2f} s "
-                       f"per window x {n_windows} windows), over the {args.budget_min:g} min budget")
         log(f"over budget: scoring {subset_note.split(':')[0]} ({n_sub} windows, about "
             f"{n_sub * per_window / 60:.1f} min)")
 

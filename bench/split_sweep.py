@@ -41,7 +41,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 from report import parser, save_figure  # noqa: E402
 from int8_wer import Item, load_items, log  # noqa: E402
-from testset import seeded_subset, split_utterances  # noqa: E402
+from testset import add_subset_args, choose, fit_budget  # noqa: E402
 
 from eeasr.bundle import Bundle, BundleError, load_bundle  # noqa: E402
 from eeasr.device_program import DeviceProgram  # noqa: E402
@@ -214,17 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--bundle", type=Path, default=None,
                     help="an EXITS=2 bundle of --model (default: the one `eeasr-host stream` uses, converted "
                          "on first use)")
-    ap.add_argument("--manifest", type=Path, default=None,
-                    help="corpus manifest (default: ~/.cache/eeasr/corpus/manifest.jsonl)")
-    ap.add_argument("--split", default="test", help="manifest split to score (default: %(default)s)")
-    ap.add_argument("--limit", type=int, default=None, metavar="N",
-                    help="score a fixed seeded subset of N utterances (default: all, unless over --budget-min)")
-    ap.add_argument("--budget-min", type=float, default=20.0, metavar="MIN",
-                    help="without --limit: when the estimated pass exceeds MIN minutes, score --fallback-limit "
-                         "utterances instead (default: %(default)g)")
-    ap.add_argument("--fallback-limit", type=int, default=300, metavar="N",
-                    help="subset size when over the budget (default: %(default)d)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the subset (default: 0)")
+    add_subset_args(ap, budget_min=20.0)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out", help="output directory (default: bench/out)")
     ap.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     args = ap.parse_args(argv)
@@ -246,13 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     program = DeviceProgram.from_bundle(bundle)
     suffix = Suffix(bundle, threads=1)
     n_exits = len(program.stages)
-    utts = split_utterances(args.manifest, args.split)
-    n_all = len(utts)
-    subset_note = f"all {n_all} {args.split} utterances"
-    if args.limit is not None:
-        utts = seeded_subset(utts, args.limit, args.seed)
-        subset_note = (f"a fixed subset of {len(utts)} of the {n_all} {args.split} utterances (--limit, seed "
-                       f"{args.seed})")
+    all_utts, utts, subset_note = choose(args)
     items, skipped = load_items(ck, utts, args.progress)
     for s in skipped:
         log(f"skipped: {s}")
@@ -266,12 +250,10 @@ def main(argv: list[str] | None = None) -> None:
     estimate_min = n_windows * per_window / 60
     log(f"{per_window:.3f} s per window ({n_exits} TFLM segments + server model); {n_windows} windows of "
         f"{len(items)} utterances -> about {estimate_min:.1f} min")
-    if args.limit is None and estimate_min > args.budget_min:
-        keep = {u.id for u in seeded_subset(utts, args.fallback_limit, args.seed)}
-        items = [it for it in items if it.utt.id in keep]
-        subset_note = (f"a fixed subset of {len(items)} of the {n_all} {args.split} utterances (seed {args.seed}): "
-                       f"the full set was estimated at {estimate_min:.0f} min ({per_window:.2f} s per window x "
-                       f"{n_windows} windows), over the {args.budget_min:g} min budget")
+    items, over = fit_budget(args, all_utts, items, estimate_min,
+                             f"{estimate_min:.0f} min ({per_window:.2f} s per window x {n_windows} windows)")
+    if over:
+        subset_note = over
         log(f"over budget: scoring {subset_note.split(':')[0]}")
 
     t_pass = time.perf_counter()

@@ -238,7 +238,7 @@ def test_refused_op_fails_the_conversion_naming_op_and_layer(checkpoint: Path, t
     out = tmp_path / "never"
     res = CliRunner().invoke(cli, [str(checkpoint), "--exits", "1", "--out", str(out), "--calibration-windows", "4"])
     assert res.exit_code == 1, res.output
-    assert (f"conversion failed: segment seg1 (blocks 1-1, exit 1, int8 activations): " in res.output
+    assert ("conversion failed: segment seg1 (blocks 1-1, exit 1, int8 activations): " in res.output
             and f"not implemented by esp-tflite-micro {esp_ops.ESP_TFLITE_MICRO_VERSION}" in res.output), res.output
     assert "BATCH_MATMUL INT8->INT8 (layer '" in res.output
     assert not out.exists() and not list(tmp_path.glob(".never*"))

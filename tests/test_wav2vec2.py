@@ -82,13 +82,14 @@ def test_exits_after_layers_2_and_4_each_with_its_own_head():
         assert lp.shape == (2, conv_lengths(16000), 32)
         assert torch.allclose(lp.exp().sum(-1), torch.ones(2, lp.shape[1]), atol=1e-5)
     # Exit 1 reads layer 2: changing layer 3 changes exit 2 only; changing layer 2 changes both.
+    def perturbed(layer: int) -> list[torch.Tensor]:
+        w = model.w2v.encoder.layers[layer].feed_forward.output_dense.weight
+        w.add_(torch.randn_like(w))
+        return model(wave, n)[0]
+
     with torch.no_grad():
-        for layer in (2, 1):
-            w = model.w2v.encoder.layers[layer].feed_forward.output_dense.weight
-            w.add_(torch.randn_like(w))
-            after = model(wave, n)[0]
-            after3 = after if layer == 2 else after3
-        after2 = after
+        after3 = perturbed(2)   # the third layer (0-based 2)
+        after2 = perturbed(1)   # then the second as well
     assert torch.equal(after3[0], logps[0]) and not torch.allclose(after3[1], logps[1])
     assert not torch.allclose(after2[0], logps[0])
     # Layers past the last exit are not kept.
