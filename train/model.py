@@ -210,7 +210,7 @@ class Recognizer(nn.Module):
         anything is loaded); unexpected keys are ignored and reported."""
         own = self.state_dict()
         missing = [k for k in own if k not in state]
-        wrong = [k for k in missing if not k.startswith(self.fresh_prefixes or ("\0",))]
+        wrong = [k for k in missing if not k.startswith(self.fresh_prefixes)]
         if wrong:
             raise ValueError(f"the init model lacks {len(wrong)} weight(s) this family does not add, e.g. "
                              f"{', '.join(wrong[:4])}: it is not a {'/'.join(self.init_bases)} of this shape")
