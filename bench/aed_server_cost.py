@@ -25,7 +25,6 @@ under --out.
 
 from __future__ import annotations
 
-import csv
 import os
 import sys
 import time
@@ -36,7 +35,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from gated_cost import add_audio_args, load_windows, log  # noqa: E402
-from report import parser  # noqa: E402
+from report import parser, write_tables  # noqa: E402
 
 from eeasr.bundle import load_bundle  # noqa: E402
 from eeasr.metrics import wer  # noqa: E402
@@ -152,13 +151,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                      f"{r['total_p95_ms']:.2f} | {r['tokens_per_window']:.1f} | "
                      f"{'-' if r['wer'] is None else format(r['wer'], '.1f')} |")
     text = head + "\n".join(lines) + "\n"
-    print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "aed_server_cost.md").write_text(text)
-    with open(args.out / "aed_server_cost.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_tables(args.out, "aed_server_cost", text, rows)
     log(f"wrote {args.out}/aed_server_cost.md, aed_server_cost.csv")
     return rows
 

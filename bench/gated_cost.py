@@ -35,7 +35,6 @@ and gated_cost.png (MACs vs beta, WER vs average modules) under --out.
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
 import os
@@ -48,7 +47,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from report import parser, save_figure  # noqa: E402
+from report import parser, save_figure, write_tables  # noqa: E402
 from testset import default_manifest, seeded_subset, split_utterances  # noqa: E402
 
 from eeasr.audio import AudioError, load_audio  # noqa: E402
@@ -374,13 +373,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             f"ESP32-S3 time count the segments run (convert/cost.py's per-segment figures, ESP-NN kernels, weights in "
             f"flash); TFLM time is the tflite-micro wheel on this host.\n\n`{command}`\n\n")
     text = head + table(rows) + "\n"
-    print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gated_cost.md").write_text(text)
-    with open(args.out / "gated_cost.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_tables(args.out, "gated_cost", text, rows)
     write_png(rows, args.out / "gated_cost.png", f"{bundle.path.name}: {len(items)} utterances, {n_windows} windows")
     log(f"wrote {args.out}/gated_cost.md, gated_cost.csv, gated_cost.png")
     return rows

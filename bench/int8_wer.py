@@ -34,7 +34,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from report import parser, save_figure  # noqa: E402
+from report import parser, save_figure, write_tables  # noqa: E402
 from testset import add_subset_args, choose, fit_budget  # noqa: E402
 
 from eeasr.audio import AudioError, load_audio  # noqa: E402
@@ -283,13 +283,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"{r['delta_ci_lo']:+.1f} .. {r['delta_ci_hi']:+.1f} | {r['frame_argmax_agreement']:.3f} | "
                   f"{'yes' if r['within_1'] else 'NO'} |\n")
     text = head + table
-    print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "int8_wer.md").write_text(text)
-    with open(args.out / "int8_wer.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_tables(args.out, "int8_wer", text, rows)
     with open(args.out / "int8_wer_hyps.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["id", "source", "reference", *[f"{k}_exit{e + 1}" for e in range(len(layers))

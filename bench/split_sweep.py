@@ -39,7 +39,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
-from report import parser, save_figure  # noqa: E402
+from report import parser, save_figure, write_tables  # noqa: E402
 from int8_wer import Item, load_items, log  # noqa: E402
 from testset import add_subset_args, choose, fit_budget  # noqa: E402
 
@@ -317,14 +317,9 @@ def main(argv: list[str] | None = None) -> None:
             tables += (f"| {t} | {r['device_windows_pct']:.1f} | {r['exit1_pct']:.1f} | {r['exit2_pct']:.1f} | "
                        f"{r['device_utts_pct']:.1f} | {r['wer']:.1f} | {r['up_bytes_per_s']:.0f} |\n")
     text = head + tables
-    print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "split_sweep.md").write_text(text)
-    with open(args.out / "split_sweep.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (round(v, 4) if isinstance(v, float) and k != "threshold" else v) for k, v in r.items()})
+    write_tables(args.out, "split_sweep", text,
+                 [{k: (round(v, 4) if isinstance(v, float) and k != "threshold" else v) for k, v in r.items()}
+                  for r in rows])
     with open(args.out / "split_sweep_windows.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["id", "window", "reference", *[f"{m}_exit{k + 1}" for k in range(n_exits) for m in MEASURES],
